@@ -1,0 +1,1 @@
+"""Deployment of the melanoma classifier: CloudFormation templates, deploy CLI, host setup."""

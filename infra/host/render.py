@@ -1,0 +1,137 @@
+"""Render the host's systemd unit, app environment and nginx site from one set of values.
+
+Runs on the host (system python3, standard library only) from bootstrap.sh, and locally
+from the tests, which render into a temporary folder and hand the files to
+`nginx -t`, `systemd-analyze verify` and a loopback rehearsal.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+# File names the host installs; the unit's name is what `systemctl` knows it by.
+UNIT_NAME = "melanoma.service"
+ENV_NAME = "melanoma.env"
+SITE_NAME = "melanoma-nginx.conf"
+_TEMPLATES = {UNIT_NAME: "melanoma.service.in", ENV_NAME: "melanoma.env.in",
+              SITE_NAME: "nginx-site.conf.in"}
+_PLACEHOLDER = re.compile(r"@([A-Z0-9_]+)@")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class RenderError(ValueError):
+    """A value cannot go into a config file as given."""
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Everything that differs between the real host and a rehearsal on loopback."""
+
+    model_sha256: str
+    app_dir: str = "/opt/melanoma/app"
+    venv_dir: str = "/opt/melanoma/venv"
+    model_path: str = "/opt/melanoma/models/current.onnx"
+    user: str = "melanoma"
+    env_file: str = "/etc/melanoma/melanoma.env"
+    secret_env_file: str = "/etc/melanoma/secret.env"
+    bind: str = "127.0.0.1:8000"
+    listen: str = "80"
+    workers: int = 1
+    timeout: int = 60
+    # One number feeds both Flask's MAX_CONTENT_LENGTH and nginx's client_max_body_size.
+    max_body_bytes: int = 16 * 1024 * 1024
+    intra_op_threads: int = 1
+    app_rate_per_minute: int = 30
+    predict_rate_per_minute: int = 30
+    predict_burst: int = 10
+    proxy_read_timeout: int = 75
+    static_dir: str = ""
+    access_log: str = "syslog:server=unix:/dev/log,tag=nginx_melanoma,nohostname"
+    trusted_proxy_cidr: str = ""
+    memory_high: str = "600M"
+    memory_max: str = "750M"
+    memory_swap_max: str = "512M"
+
+    def resolved_static_dir(self) -> str:
+        return self.static_dir or f"{self.app_dir}/webapp/static"
+
+
+def _values(config: HostConfig) -> dict[str, str]:
+    if not _SHA256.match(config.model_sha256):
+        raise RenderError(f"model_sha256 must be 64 lowercase hex digits, got {config.model_sha256!r}")
+    if config.proxy_read_timeout <= config.timeout:
+        # nginx giving up first would answer 504 while the worker still runs the request.
+        raise RenderError("proxy_read_timeout must exceed the gunicorn timeout")
+    for field in dataclasses.fields(config):
+        value = str(getattr(config, field.name))
+        if any(ch in value for ch in "\n;{}") or (value != value.strip()):
+            raise RenderError(f"{field.name} holds characters that would break a config file: {value!r}")
+    values = {f.name.upper(): str(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    values["STATIC_DIR"] = config.resolved_static_dir().rstrip("/")
+    if config.trusted_proxy_cidr:
+        # Behind the load balancer the client is the last X-Forwarded-For hop; without this
+        # every client would share the balancer's address in the rate limit.
+        values["REAL_IP"] = (f"    set_real_ip_from {config.trusted_proxy_cidr};\n"
+                             "    real_ip_header X-Forwarded-For;\n")
+        values["FORWARDED_PROTO"] = "$http_x_forwarded_proto"
+    else:
+        values["REAL_IP"] = ""
+        values["FORWARDED_PROTO"] = "$scheme"
+    return values
+
+
+def render_text(template: str, values: dict[str, str]) -> str:
+    """Fill @NAME@ placeholders; an unknown name is an error, never an empty string."""
+    missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - values.keys())
+    if missing:
+        raise RenderError(f"no value for placeholder(s): {', '.join(missing)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def render_all(config: HostConfig, out_dir: Path) -> dict[str, Path]:
+    """Write the unit, env file and nginx site into out_dir; return name -> path."""
+    values = _values(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, template_name in _TEMPLATES.items():
+        text = render_text((TEMPLATE_DIR / template_name).read_text(encoding="utf-8"), values)
+        path = out_dir / name
+        path.write_text(text, encoding="utf-8")
+        written[name] = path
+    return written
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the rendered files into")
+    for field in dataclasses.fields(HostConfig):
+        flag = "--" + field.name.replace("_", "-")
+        required = field.default is dataclasses.MISSING
+        kind = int if field.type in (int, "int") else str
+        parser.add_argument(flag, type=kind, required=required,
+                            default=None if required else field.default,
+                            help=f"{field.name} (default: {field.default!r})" if not required
+                            else f"{field.name} (required)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = HostConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(HostConfig)})
+    try:
+        written = render_all(config, args.out)
+    except RenderError as exc:
+        print(f"render: error: {exc}", file=sys.stderr)
+        return 2
+    for path in written.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

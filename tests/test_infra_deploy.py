@@ -1,0 +1,258 @@
+"""infra/deploy.py against moto's fake AWS: stacks, artifacts, outputs, teardown, errors."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from infra import artifacts, deploy  # noqa: E402
+
+REGION = "eu-west-1"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def source_dir(tmp_path: Path) -> Path:
+    """A repository-shaped tree with the serving files and some that must stay behind."""
+    root = tmp_path / "src"
+    (root / "webapp" / "static").mkdir(parents=True)
+    (root / "webapp" / "__init__.py").write_text("def create_app():\n    pass\n")
+    (root / "webapp" / "static" / "style.css").write_text("body{}\n")
+    (root / "webapp" / "__pycache__").mkdir()
+    (root / "webapp" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (root / "requirements.txt").write_text("flask==3.1.3\nonnxruntime==1.31.1\n")
+    (root / "gunicorn.conf.py").write_text("bind = '127.0.0.1:8000'\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_x.py").write_text("")
+    (root / "models").mkdir()
+    (root / "models" / "default.onnx").write_bytes(b"not shipped in the bundle")
+    shutil.copytree(REPO / "infra" / "host", root / "infra" / "host")
+    return root
+
+
+def _model(tmp_path: Path, payload: bytes = b"onnx-bytes-v1") -> Path:
+    path = tmp_path / f"model-{hashlib.sha1(payload).hexdigest()[:6]}.onnx"
+    path.write_bytes(payload)
+    return path
+
+
+def _params(stack_name: str) -> dict[str, str]:
+    stack = boto3.client("cloudformation", region_name=REGION).describe_stacks(StackName=stack_name)["Stacks"][0]
+    return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+
+
+def _deploy(source_dir: Path, model: Path, *extra: str, stack: str = "mel") -> int:
+    return deploy.main(["deploy", "--stack-name", stack, "--model", str(model), "--source-dir", str(source_dir),
+                        "--poll-seconds", "1", *extra])
+
+
+def test_deploy_creates_stack_with_model_hash_and_uploads_both_artifacts(
+        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _model(tmp_path)
+    assert _deploy(source_dir, model) == 0
+
+    params = _params("mel")
+    assert params["ModelSha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert params["InstanceType"] == "t2.micro" and params["CpuCredits"] == "standard"
+    assert params["SshCidr"] == ""
+    assert params["VpcId"].startswith("vpc-") and params["SubnetId"].startswith("subnet-")
+    bucket = params["ArtifactBucket"]
+    assert bucket == f"melanoma-artifacts-123456789012-{REGION}"  # moto's fixed test account
+    s3 = boto3.client("s3", region_name=REGION)
+    shipped = s3.get_object(Bucket=bucket, Key=params["ModelKey"])["Body"].read()
+    assert shipped == model.read_bytes()
+    assert params["AppKey"].startswith("mel/app/") and params["ModelKey"].startswith("mel/models/")
+    assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]["BlockPublicAcls"]
+
+    out = capsys.readouterr().out
+    assert "stack mel: created" in out and "Url: http://" in out
+
+
+def test_bundle_holds_the_serving_files_only_and_is_reproducible(
+        aws: None, source_dir: Path, tmp_path: Path) -> None:
+    first = artifacts.build_bundle(source_dir, tmp_path / "a", "mel")
+    second = artifacts.build_bundle(source_dir, tmp_path / "b", "mel")
+    assert first.sha256 == second.sha256 and first.key == second.key
+    with tarfile.open(first.path) as tar:
+        names = set(tar.getnames())
+        bootstrap_mode = tar.getmember("infra/host/bootstrap.sh").mode
+    assert {"webapp/__init__.py", "webapp/static/style.css", "requirements.txt", "gunicorn.conf.py",
+            "infra/host/bootstrap.sh", "infra/host/render.py"} <= names
+    assert not [n for n in names if n.startswith(("tests/", "models/")) or n.endswith(".pyc")]
+    assert bootstrap_mode == 0o755
+
+
+@pytest.mark.filterwarnings("ignore:Tried to parse AWS::AutoScaling::ScalingPolicy")
+def test_scale_out_deploy_passes_network_and_certificate_and_prints_https_url(
+        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert = boto3.client("acm", region_name=REGION).request_certificate(DomainName="melanoma.example.org")
+    rc = _deploy(source_dir, _model(tmp_path), "--template", "scale-out", "--certificate-arn",
+                 cert["CertificateArn"], "--max-size", "4", stack="melfleet")
+    assert rc == 0
+    params = _params("melfleet")
+    assert params["CertificateArn"] == cert["CertificateArn"] and params["MaxSize"] == "4"
+    assert len(params["SubnetIds"].split(",")) >= 2 and "/" in params["VpcCidr"]
+    url = [line for line in capsys.readouterr().out.splitlines() if line.startswith("https://")]
+    assert url and ".elb.amazonaws.com" in url[0]
+
+
+def test_update_model_swaps_only_the_model_and_keeps_other_settings(
+        aws: None, source_dir: Path, tmp_path: Path) -> None:
+    assert _deploy(source_dir, _model(tmp_path), "--ssh-cidr", "203.0.113.0/24") == 0
+    before = _params("mel")
+    new_model = _model(tmp_path, b"onnx-bytes-v2")
+
+    assert deploy.main(["update-model", "--stack-name", "mel", "--model", str(new_model), "--poll-seconds", "1"]) == 0
+
+    after = _params("mel")
+    assert after["ModelSha256"] == hashlib.sha256(b"onnx-bytes-v2").hexdigest()
+    assert after["ModelKey"] != before["ModelKey"]
+    unchanged = {k: v for k, v in before.items() if k not in ("ModelKey", "ModelSha256")}
+    assert {k: after[k] for k in unchanged} == unchanged
+    assert after["SshCidr"] == "203.0.113.0/24"
+    s3 = boto3.client("s3", region_name=REGION)
+    assert s3.get_object(Bucket=after["ArtifactBucket"], Key=after["ModelKey"])["Body"].read() == b"onnx-bytes-v2"
+
+
+def test_redeploy_without_a_flag_keeps_the_value_given_before(
+        aws: None, source_dir: Path, tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    assert _deploy(source_dir, model, "--instance-type", "t3.micro") == 0
+    (source_dir / "webapp" / "views.py").write_text("# changed app\n")
+    assert _deploy(source_dir, model) == 0
+    params = _params("mel")
+    assert params["InstanceType"] == "t3.micro"
+
+
+def test_teardown_deletes_stack_artifacts_and_the_bucket_it_made(
+        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _deploy(source_dir, _model(tmp_path)) == 0
+    bucket = _params("mel")["ArtifactBucket"]
+
+    assert deploy.main(["teardown", "--stack-name", "mel", "--poll-seconds", "1"]) == 0
+
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    live = [s for s in cfn.list_stacks()["StackSummaries"] if s["StackStatus"] != "DELETE_COMPLETE"]
+    assert live == []
+    names = [b["Name"] for b in boto3.client("s3", region_name=REGION).list_buckets()["Buckets"]]
+    assert bucket not in names
+    assert "deleted 2 object(s)" in capsys.readouterr().out
+
+
+def test_teardown_leaves_other_stacks_artifacts_alone(aws: None, source_dir: Path, tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    assert _deploy(source_dir, model, stack="one") == 0
+    assert _deploy(source_dir, model, stack="two") == 0
+    assert deploy.main(["teardown", "--stack-name", "one", "--poll-seconds", "1"]) == 0
+    bucket = _params("two")["ArtifactBucket"]
+    keys = [o["Key"] for o in boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys and all(k.startswith("two/") for k in keys)
+
+
+def test_status_prints_url_and_model_hash(
+        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _model(tmp_path)
+    assert _deploy(source_dir, model) == 0
+    capsys.readouterr()
+    assert deploy.main(["status", "--stack-name", "mel"]) == 0
+    out = capsys.readouterr().out
+    assert "CREATE_COMPLETE" in out and hashlib.sha256(model.read_bytes()).hexdigest() in out
+    assert deploy.main(["status", "--stack-name", "absent"]) == 1
+
+
+def _assert_one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> None:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deploy: error:"), err
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def _no_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    # Otherwise botocore asks the instance metadata service, slowly, on a machine that has none.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_missing_credentials_is_a_one_line_error(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _no_aws_env(monkeypatch, tmp_path)
+    rc = deploy.main(["deploy", "--stack-name", "mel", "--region", REGION, "--model", str(_model(tmp_path))])
+    assert rc != 0
+    _assert_one_line_error(capsys, "no AWS credentials")
+
+
+def test_missing_region_is_a_one_line_error(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _no_aws_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert deploy.main(["status", "--stack-name", "mel"]) != 0
+    _assert_one_line_error(capsys, "no AWS region", "--region")
+
+
+def test_unknown_profile_is_a_one_line_error(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _no_aws_env(monkeypatch, tmp_path)
+    assert deploy.main(["status", "--stack-name", "mel", "--profile", "nope", "--region", REGION]) != 0
+    _assert_one_line_error(capsys, "nope")
+
+
+@pytest.mark.parametrize(("name", "sidecar", "words"), [
+    ("model.onnx", True, "external weights"),
+    ("model.ckpt", False, ".onnx"),
+    ("missing.onnx", None, "not found"),
+])
+def test_deploy_refuses_a_model_the_host_could_not_load(
+        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        name: str, sidecar: bool | None, words: str) -> None:
+    model = tmp_path / name
+    if sidecar is not None:
+        model.write_bytes(b"x")
+    if sidecar:
+        (tmp_path / (name + ".data")).write_bytes(b"weights")
+    assert _deploy(source_dir, model) != 0
+    _assert_one_line_error(capsys, words)
+    assert boto3.client("cloudformation", region_name=REGION).list_stacks()["StackSummaries"] == []
+
+
+def test_bundle_refuses_a_tree_without_the_app(aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert _deploy(tmp_path / "empty", _model(tmp_path)) != 0
+    _assert_one_line_error(capsys, "webapp", "--source-dir")
+
+
+def test_every_flag_has_help() -> None:
+    parser = deploy._parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    missing = [f"{name} {a.option_strings}" for name, sub in subparsers.items() for a in sub._actions
+               if a.option_strings and not a.help]
+    assert missing == []
