@@ -1,0 +1,1 @@
+"""Turn a trained ResNeSt checkpoint into a verified ONNX model carrying its own spec."""

@@ -1,0 +1,167 @@
+"""Checkpoint in, verified ONNX model with an embedded spec out."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from export import architectures, graph, verify
+from export.checkpoint import LoadedCheckpoint, load_checkpoint, sha256_of
+from export.errors import ExportError
+from export.settings import Resolved, resolve
+from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec,
+                               encode_cam_weights)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What the user asked for; `None` means 'from the checkpoint, else the default'."""
+
+    checkpoint: Path
+    output: Path | None = None
+    architecture: str | None = None
+    input_size: int | None = None
+    resize: str | None = None
+    color_order: str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    threshold: float | None = None
+    labels: tuple[str, str] = ("benign", "melanoma")
+    name: str | None = None
+    version: str = "1"
+    demo: bool = False
+    tolerance: float = 1e-4
+    allow_unsafe_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    output: Path
+    spec: ModelSpec
+    sources: dict[str, str] = field(default_factory=dict)
+    ignored_keys: tuple[str, ...] = ()
+    onnx_sha256: str = ""
+
+
+def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models")) -> ExportResult:
+    """Load, build strictly, export, verify, embed the spec, and only then publish the file."""
+    output = request.output or models_dir / f"{request.checkpoint.stem}.onnx"
+    _check_writable(output.parent)
+    loaded = load_checkpoint(request.checkpoint, request.allow_unsafe_pickle)
+    settings = resolve(_flags(request), loaded.hyper_parameters)
+    head = architectures.read_head(loaded.state_dict)
+    arch = _choose_architecture(settings, loaded, head.num_classes)
+    network = arch.build(head.num_classes)
+    network.load_state_dict(loaded.state_dict, strict=True)
+    network.eval()
+
+    size = settings["input_size"].value
+    partial = _temporary_path(output)
+    try:
+        graph.export_graph(network, size, partial)
+        parity = verify.measure_parity(network, partial.read_bytes(), size, head.output_kind,
+                                       head.melanoma_index, request.tolerance)
+        spec = ModelSpec(
+            name=request.name or request.checkpoint.stem, version=request.version,
+            architecture=arch.name, input_size=size, resize=settings["resize"].value,
+            color_order=settings["color_order"].value, mean=settings["mean"].value,
+            std=settings["std"].value, threshold=settings["threshold"].value,
+            labels=request.labels, output_kind=head.output_kind,
+            melanoma_index=head.melanoma_index, feature_channels=head.feature_channels,
+            input_name=graph.INPUT_NAME, logits_name=graph.LOGITS_NAME,
+            features_name=graph.FEATURES_NAME,
+            checkpoint_sha256=loaded.sha256, checkpoint_name=request.checkpoint.name,
+            checkpoint_format=loaded.format, demo=request.demo,
+            tool_versions=_tool_versions(), parity=parity.as_dict(),
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            provenance="demo: seeded random initialisation, NOT trained" if request.demo
+            else f"exported from {request.checkpoint.name}")
+        fc_weight = network.fc.weight.detach().numpy()[head.melanoma_index]
+        fc_bias = float(network.fc.bias.detach().numpy()[head.melanoma_index])
+        _embed(partial, {SPEC_METADATA_KEY: spec.to_json(),
+                         CAM_WEIGHTS_METADATA_KEY: encode_cam_weights(fc_weight, fc_bias)})
+        verify.check_graph(partial)
+        _check_round_trip(partial, spec)
+        os.chmod(partial, 0o644)  # mkstemp makes it private; the service user must read it
+        os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    onnx_sha = sha256_of(output)
+    _write_provenance(output, spec, onnx_sha)
+    sources = {name: value.source for name, value in settings.items()}
+    sources["architecture"] = settings["architecture"].source if (
+        settings["architecture"].value == arch.name) else "detected from the state_dict"
+    return ExportResult(output, spec, sources, loaded.ignored_keys, onnx_sha)
+
+
+def _flags(request: ExportRequest) -> dict[str, Any]:
+    return {"architecture": request.architecture, "input_size": request.input_size,
+            "resize": request.resize, "color_order": request.color_order,
+            "mean": request.mean, "std": request.std, "threshold": request.threshold}
+
+
+def _choose_architecture(settings: dict[str, Resolved], loaded: LoadedCheckpoint,
+                         num_classes: int) -> architectures.Architecture:
+    requested = settings["architecture"]
+    name = requested.value
+    if requested.source != "flag" and name not in architectures.ARCHITECTURES:
+        name = None  # a training script's own label, not one of ours: detect instead
+    return architectures.choose(name, loaded.state_dict, num_classes)
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"cannot create output directory {directory}: {error.strerror}")
+    if not os.access(directory, os.W_OK):
+        raise ExportError(f"output directory {directory} is not writable")
+
+
+def _temporary_path(output: Path) -> Path:
+    # Same directory as the target so the final rename is atomic.
+    handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial",
+                                    dir=output.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def _embed(path: Path, props: dict[str, str]) -> None:
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name = "melanoma-export"
+    onnx.save(model, str(path))
+
+
+def _check_round_trip(path: Path, spec: ModelSpec) -> None:
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if ModelSpec.from_json(props[SPEC_METADATA_KEY]) != spec:
+        raise ExportError("the spec read back from the written model differs from the one written")
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("onnx", "onnxruntime", "resnest", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def _write_provenance(output: Path, spec: ModelSpec, onnx_sha: str) -> None:
+    record = {"model": output.name, "onnx_sha256": onnx_sha, "spec": spec.as_dict()}
+    provenance = output.with_name(output.name + ".provenance.json")
+    provenance.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,94 @@
+"""Command line: export a ResNeSt checkpoint to a verified ONNX model with its spec embedded.
+
+    python export/to_onnx.py path/to/model.ckpt [--output models/x.onnx] [options]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (`python export/to_onnx.py`): make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from export.architectures import ARCHITECTURES  # noqa: E402
+from export.errors import ExportError  # noqa: E402
+from export.pipeline import ExportRequest, ExportResult, export_checkpoint  # noqa: E402
+from webapp.model_spec import COLOR_ORDERS, RESIZE_POLICIES  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="to_onnx.py", description=__doc__.splitlines()[0],
+        epilog="Unset options come from the checkpoint's hyper_parameters, else the defaults "
+               "(128 px, resize, RGB, ImageNet mean/std, threshold 0.5).")
+    parser.add_argument("checkpoint", type=Path,
+                        help="Lightning .ckpt, plain state_dict (.pt/.pth), or a dict holding one")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="where to write the .onnx (default: models/<checkpoint stem>.onnx)")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES),
+                        help="network architecture (default: detected from the weights)")
+    parser.add_argument("--input-size", type=int, help="square input side in pixels")
+    parser.add_argument("--resize", choices=RESIZE_POLICIES,
+                        help="how the server fits an image to the input size")
+    parser.add_argument("--color-order", choices=COLOR_ORDERS,
+                        help="channel order the network was trained on")
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation mean on [0, 1] pixels")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation std on [0, 1] pixels")
+    parser.add_argument("--threshold", type=float,
+                        help="melanoma probability at or above which the label is positive")
+    parser.add_argument("--labels", nargs=2, default=("benign", "melanoma"),
+                        metavar=("NEGATIVE", "POSITIVE"), help="names of the two outcomes")
+    parser.add_argument("--name", help="model name shown to users (default: checkpoint stem)")
+    parser.add_argument("--model-version", default="1", help="model version shown to users")
+    parser.add_argument("--demo", action="store_true",
+                        help="mark the model as an untrained demo in its spec and the UI")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest |Δ probability| between ONNX Runtime and PyTorch accepted")
+    parser.add_argument("--allow-unsafe-pickle", action="store_true",
+                        help="load with weights_only=False; runs code from the file, trusted "
+                             "files only")
+    return parser
+
+
+def request_from_args(args: argparse.Namespace) -> ExportRequest:
+    return ExportRequest(
+        checkpoint=args.checkpoint, output=args.output, architecture=args.arch,
+        input_size=args.input_size, resize=args.resize, color_order=args.color_order,
+        mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+        threshold=args.threshold, labels=tuple(args.labels), name=args.name,
+        version=args.model_version, demo=args.demo, tolerance=args.tolerance,
+        allow_unsafe_pickle=args.allow_unsafe_pickle)
+
+
+def report(result: ExportResult) -> str:
+    spec = result.spec.as_dict()
+    lines = [f"wrote {result.output} (sha256 {result.onnx_sha256})",
+             f"parity: max |Δ probability| {spec['parity']['max_abs_diff_probability']:.2e}, "
+             f"max |Δ feature| {spec['parity']['max_abs_diff_feature']:.2e} "
+             f"at batch sizes {spec['parity']['batch_sizes']}",
+             "settings: " + ", ".join(f"{k} from {v}" for k, v in sorted(result.sources.items()))]
+    if result.ignored_keys:
+        lines.append(f"ignored {len(result.ignored_keys)} keys outside the network: "
+                     + ", ".join(result.ignored_keys[:5]))
+    lines.append("spec: " + json.dumps(spec, indent=2, sort_keys=True))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = export_checkpoint(request_from_args(args))
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

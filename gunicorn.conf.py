@@ -1,0 +1,29 @@
+"""gunicorn settings for the t2.micro shape: 1 vCPU, 1 GiB RAM.
+
+One worker holds one ONNX Runtime session (~115 MB of weights for resnest50 at fp32);
+a second worker would double memory and buy nothing on one core. Its threads answer
+health checks and queue a few uploads while one prediction runs; the app's own
+InferenceGate refuses the rest with 503 rather than letting them pile up.
+"""
+import os
+
+wsgi_app = "webapp.wsgi:app"
+bind = os.environ.get("MELANOMA_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("MELANOMA_WORKERS", "1"))
+worker_class = "gthread"
+threads = int(os.environ.get("MELANOMA_THREADS", "4"))
+# The model loads in each worker after the fork (no preload): ONNX Runtime sessions and
+# their thread pools must not be shared across fork.
+preload_app = False
+timeout = int(os.environ.get("MELANOMA_TIMEOUT", "60"))
+graceful_timeout = 20
+keepalive = 5
+# Recycle a worker now and then so slow heap growth can never reach the memory limit.
+max_requests = int(os.environ.get("MELANOMA_MAX_REQUESTS", "2000"))
+max_requests_jitter = 200
+# Uploads never touch disk, and neither does gunicorn's heartbeat file.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+accesslog = "-"
+errorlog = "-"
+# The access log records method, path, status, size and time; never bodies or filenames.
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'

@@ -1,0 +1,48 @@
+"""Synthetic lesion-like photos for tests: generated, never downloaded or committed."""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+
+
+def lesion_rgb(width: int = 320, height: int = 240, seed: int = 0) -> np.ndarray:
+    """A skin-coloured background with an irregular dark blob, asymmetric on purpose."""
+    rng = np.random.default_rng(seed)
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = (205, 160, 140)
+    noise = rng.normal(0, 6, (height, width, 3))
+    centre = (int(width * 0.42), int(height * 0.55))
+    axes = (max(4, width // 5), max(3, height // 7))
+    cv2.ellipse(image, centre, axes, 25, 0, 360, (90, 55, 45), -1)
+    cv2.circle(image, (centre[0] + axes[0] // 2, centre[1] - axes[1] // 2), max(2, axes[1] // 2),
+               (50, 30, 25), -1)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def encode(image_rgb: np.ndarray, extension: str = ".jpg", **params: int) -> bytes:
+    flags: list[int] = []
+    if extension == ".jpg":
+        flags = [cv2.IMWRITE_JPEG_QUALITY, params.get("quality", 92)]
+    channels = image_rgb.shape[2] if image_rgb.ndim == 3 else 1
+    if channels == 3:
+        image = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    elif channels == 4:
+        image = cv2.cvtColor(image_rgb, cv2.COLOR_RGBA2BGRA)
+    else:
+        image = image_rgb
+    ok, buffer = cv2.imencode(extension, image, flags)
+    assert ok, extension
+    return buffer.tobytes()
+
+
+def jpeg_with_exif_orientation(image_rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG whose pixels are stored rotated, with the EXIF tag that says how to undo it."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stream = io.BytesIO()
+    Image.fromarray(image_rgb).save(stream, "JPEG", quality=95, exif=exif.tobytes())
+    return stream.getvalue()

@@ -1,0 +1,42 @@
+"""Melanoma classifier web app: create_app() builds it; gunicorn serves it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+from webapp import config, responses, security
+from webapp.admission import InferenceGate
+from webapp.classifier import Classifier
+from webapp.uploads import InMemoryRequest
+
+csrf = CSRFProtect()
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app and load, check and warm up the model before it takes requests."""
+    app = Flask(__name__)
+    config.load(app, test_config)
+    app.request_class = InMemoryRequest
+
+    gate = InferenceGate(max_running=int(app.config["MAX_RUNNING"]),
+                         max_waiting=int(app.config["MAX_WAITING"]),
+                         wait_timeout=float(app.config["QUEUE_TIMEOUT"]))
+    model = Classifier(Path(app.config["MODEL_PATH"]),
+                       intra_op_threads=int(app.config["INTRA_OP_THREADS"]),
+                       max_image_pixels=int(app.config["MAX_IMAGE_PIXELS"]), gate=gate)
+    model.warm_up()
+    app.extensions["classifier"] = model
+
+    from webapp import api, health, views
+
+    csrf.init_app(app)
+    csrf.exempt(api.bp)
+    app.register_blueprint(views.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    responses.init_app(app)
+    security.init_app(app)
+    return app

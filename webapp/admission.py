@@ -1,0 +1,57 @@
+"""Bound how many predictions run and wait at once, so overload answers 503 instead of OOM."""
+from __future__ import annotations
+
+import math
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from webapp.errors import Overloaded
+
+
+class InferenceGate:
+    """`max_running` predictions at a time, at most `max_waiting` queued behind them.
+
+    A request that finds the queue full, or waits longer than `wait_timeout` seconds,
+    is refused at once with a Retry-After hint rather than piling up in memory.
+    """
+
+    def __init__(self, max_running: int = 1, max_waiting: int = 4,
+                 wait_timeout: float = 10.0) -> None:
+        self._slots = threading.BoundedSemaphore(max_running)
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._max_waiting = max_waiting
+        self._wait_timeout = wait_timeout
+        self._max_running = max_running
+        self._recent_seconds = 0.2  # refined by every prediction that runs
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def retry_after(self) -> int:
+        backlog = (self._waiting + self._max_running) / self._max_running
+        return max(1, math.ceil(backlog * self._recent_seconds))
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        with self._lock:
+            if self._waiting >= self._max_waiting:
+                raise Overloaded(self.retry_after())
+            self._waiting += 1
+        try:
+            acquired = self._slots.acquire(timeout=self._wait_timeout)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not acquired:
+            raise Overloaded(self.retry_after())
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def record(self, seconds: float) -> None:
+        # An exponential average is enough for a Retry-After hint.
+        self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds

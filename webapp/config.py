@@ -1,0 +1,46 @@
+"""Settings: defaults here, overridden by MELANOMA_* environment variables or a test config."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from webapp.preprocess import DEFAULT_MAX_IMAGE_PIXELS
+
+DEFAULTS: dict[str, Any] = {
+    "MODEL_PATH": "models/default.onnx",
+    "SECRET_KEY": None,
+    "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
+    "MAX_IMAGE_PIXELS": DEFAULT_MAX_IMAGE_PIXELS,
+    "INTRA_OP_THREADS": 1,
+    "MAX_RUNNING": 1,
+    "MAX_WAITING": 4,
+    "QUEUE_TIMEOUT": 10.0,
+    "DEFAULT_TTA": "dihedral",
+    "RATELIMIT_PER_MINUTE": 0,
+}
+
+
+class ConfigError(RuntimeError):
+    """The app is configured in a way that must not reach production."""
+
+
+def load(app: Flask, test_config: dict[str, Any] | None) -> None:
+    app.config.from_mapping(DEFAULTS)
+    if test_config is None:
+        # Environment values arrive as JSON where they parse (numbers, booleans), else strings.
+        app.config.from_prefixed_env("MELANOMA")
+    else:
+        app.config.from_mapping(test_config)
+    _require_secret_key(app)
+
+
+def _require_secret_key(app: Flask) -> None:
+    if app.config["SECRET_KEY"]:
+        return
+    if app.debug or app.testing:
+        app.config["SECRET_KEY"] = "insecure-development-key"
+        return
+    raise ConfigError("MELANOMA_SECRET_KEY is not set; the form's CSRF protection needs a "
+                      "secret. Generate one with: python -c 'import secrets; "
+                      "print(secrets.token_hex(32))'")

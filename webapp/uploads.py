@@ -1,0 +1,56 @@
+"""Uploads stay in memory: never spooled to disk, never logged, never kept."""
+from __future__ import annotations
+
+import io
+from typing import IO
+
+from flask import Request
+
+from webapp.errors import BadOption, ClientError
+
+FIELD = "image"
+
+
+class InMemoryRequest(Request):
+    """Werkzeug spools file parts over 500 KB to a temp file; keep them in RAM instead.
+
+    MAX_CONTENT_LENGTH bounds the size, so memory is bounded too.
+    """
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None,
+                         content_length: int | None = None) -> IO[bytes]:
+        return io.BytesIO()
+
+
+def read_image(request: Request) -> bytes:
+    """The bytes of the single `image` file part, or a ClientError saying what is wrong."""
+    if not request.mimetype.startswith("multipart/form-data"):
+        raise ClientError(f"send the image as multipart/form-data in a field named {FIELD!r} "
+                          f"(got content type {request.mimetype or 'none'!r})",
+                          code="unsupported_content_type", status=415)
+    uploads = request.files.getlist(FIELD)
+    if not uploads:
+        others = sorted(request.files)
+        hint = f"; the request had {', '.join(map(repr, others))}" if others else ""
+        raise ClientError(f"no image uploaded: expected a file in the field {FIELD!r}{hint}",
+                          code="missing_image")
+    if len(uploads) > 1:
+        raise ClientError(f"send one image per request; got {len(uploads)}",
+                          code="multiple_images")
+    data = uploads[0].stream.read()
+    if not data:
+        raise ClientError("the uploaded file is empty", code="empty_image")
+    return data
+
+
+def read_flag(request: Request, name: str, default: bool) -> bool:
+    raw = request.values.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise BadOption(f"{name} must be true or false, got {raw!r}")
