@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +11,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from infra import artifacts, deploy
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from infra import artifacts, deploy  # noqa: E402
-
 REGION = "eu-west-1"
 
 
@@ -105,7 +101,7 @@ def test_bundle_holds_the_serving_files_only_and_is_reproducible(
     assert bootstrap_mode == 0o755
 
 
-@pytest.mark.filterwarnings("ignore:Tried to parse AWS::AutoScaling::ScalingPolicy")
+@pytest.mark.filterwarnings("ignore:Tried to parse .* not supported by moto")
 def test_scale_out_deploy_passes_network_and_certificate_and_prints_https_url(
         aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cert = boto3.client("acm", region_name=REGION).request_certificate(DomainName="melanoma.example.org")
