@@ -99,7 +99,7 @@ def test_unit_is_hardened_sized_for_one_gib_and_logs_to_the_journal(tmp_path: Pa
     assert unit["StandardOutput"] == ["journal"] and unit["StandardError"] == ["journal"]
     assert unit["ExecStartPre"] == [f"/bin/bash {REPO}/infra/host/verify-model.sh "
                                     f"/opt/melanoma/models/current.onnx {SHA}"]
-    assert unit["ExecStart"][0].endswith("gunicorn.conf.py webapp:create_app()")
+    assert unit["ExecStart"] == [f"{sys.prefix}/bin/gunicorn -c {REPO}/gunicorn.conf.py webapp.wsgi:app"]
 
 
 # --- systemd-analyze verify --------------------------------------------------------------
