@@ -46,7 +46,9 @@ class HostConfig:
     # One number feeds both Flask's MAX_CONTENT_LENGTH and nginx's client_max_body_size.
     max_body_bytes: int = 16 * 1024 * 1024
     intra_op_threads: int = 1
-    app_rate_per_minute: int = 30
+    # nginx limits each client on the predict routes; the app only ever sees 127.0.0.1, so a
+    # per-address limit there would be one bucket shared by every visitor. 0 turns it off.
+    app_rate_per_minute: int = 0
     predict_rate_per_minute: int = 30
     predict_burst: int = 10
     proxy_read_timeout: int = 75
