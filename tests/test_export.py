@@ -1,8 +1,10 @@
 """The export CLI: checkpoints of every layout become verified models that carry their spec."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +145,7 @@ def test_embedded_spec_round_trips_exactly(tmp_path: Path, capsys: pytest.Captur
     assert read_back.as_dict() == printed
     assert (read_back.name, read_back.version, read_back.labels) == (
         "mine", "2.1", ("nevus", "melanoma"))
-    assert read_back.checkpoint_sha256 == __import__("hashlib").sha256(
+    assert read_back.checkpoint_sha256 == hashlib.sha256(
         tiny_checkpoint.read_bytes()).hexdigest()
     assert set(read_back.tool_versions) >= {"torch", "onnx", "onnxruntime", "resnest"}
 
@@ -186,7 +188,7 @@ def test_bad_input_gives_one_line_error_and_no_model(
     code, out, err = _export(capsys, str(checkpoint), "-o", str(out_dir / "m.onnx"), *extra)
     assert code == 1
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
     assert not out_dir.exists() or _no_leftovers(out_dir) == []
 
 

@@ -17,7 +17,10 @@ from webapp.errors import InvalidImage  # noqa: E402
 from webapp.model_spec import ModelSpec  # noqa: E402
 
 MIN_IMAGE_SIDE = 32
-_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA,
+# INTER_LINEAR_EXACT is bilinear like cv2.INTER_LINEAR (what albumentations trains with) but
+# rounds identically along both axes, so a transposed photo gives the transposed input and
+# dihedral TTA is exactly invariant to how the photo was turned.
+_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR_EXACT, "area": cv2.INTER_AREA,
                   "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
 
 
