@@ -1,0 +1,234 @@
+"""A real gunicorn server on a free loopback port, and a plain HTTP client for it.
+
+The hostile, overload, soak, privacy and browser tests talk to this, not to Flask's test
+client, so gunicorn's own parsing, threads, worker restarts and limits are part of the test.
+Traffic only ever goes to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file part of a multipart body."""
+
+    filename: str
+    data: bytes
+    content_type: str = "image/jpeg"
+    field: str = "image"
+
+
+def multipart(fields: Mapping[str, str] = {}, files: Sequence[Upload] = ()) -> tuple[bytes, str]:
+    """A multipart/form-data body and its content type, built byte by byte."""
+    boundary = "----melanoma-test-" + secrets.token_hex(8)
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                     .encode() + value.encode() + b"\r\n")
+    for upload in files:
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{upload.field}"; '
+                f'filename="{upload.filename}"\r\nContent-Type: {upload.content_type}\r\n\r\n')
+        parts.append(head.encode("utf-8") + upload.data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+@dataclass
+class LiveServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes = b"",
+                headers: Mapping[str, str] | None = None, timeout: float = 60.0) -> Reply:
+        started = time.perf_counter()
+        connection = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            connection.putrequest(method, path, skip_accept_encoding=True)
+            for name, value in (headers or {}).items():
+                connection.putheader(name, value)
+            if body or method == "POST":
+                connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders()
+            try:
+                # In slices: the server may answer (413) and close before reading it all.
+                for offset in range(0, len(body), 1 << 20):
+                    connection.send(body[offset:offset + (1 << 20)])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            response = connection.getresponse()
+            data = response.read()
+            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()},
+                         data, time.perf_counter() - started)
+        finally:
+            connection.close()
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return self.request("GET", path, **kwargs)
+
+    def post_api(self, files: Sequence[Upload] = (), fields: Mapping[str, str] = {},
+                 timeout: float = 60.0) -> Reply:
+        body, content_type = multipart(fields, files)
+        return self.request("POST", "/api/v1/predict", body, {"Content-Type": content_type},
+                            timeout=timeout)
+
+    def form_session(self) -> FormSession:
+        """Open the page like a browser: keep its session cookie and CSRF token."""
+        page = self.get("/")
+        assert page.status == 200, page.status
+        cookie = page.headers.get("set-cookie", "").split(";", 1)[0]
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert cookie and token, "the form page must set a session cookie and a CSRF token"
+        return FormSession(self, cookie, token.group(1))
+
+    @property
+    def master_pid(self) -> int:
+        return self.process.pid
+
+    def worker_pids(self) -> list[int]:
+        return sorted(pid for pid in _all_pids() if _parent(pid) == self.master_pid)
+
+    def wait_for_workers(self, count: int = 1, exclude: Sequence[int] = (),
+                         timeout: float = 60.0) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = [pid for pid in self.worker_pids() if pid not in exclude]
+            if len(workers) >= count:
+                return workers
+            time.sleep(0.05)
+        raise AssertionError(f"gunicorn did not start {count} new worker(s):\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class FormSession:
+    server: LiveServer
+    cookie: str
+    token: str
+
+    def post(self, files: Sequence[Upload] = (), fields: Mapping[str, str] | None = None,
+             timeout: float = 60.0) -> Reply:
+        body, content_type = multipart({"csrf_token": self.token, **(fields or {})}, files)
+        return self.server.request("POST", "/predict", body,
+                                   {"Content-Type": content_type, "Cookie": self.cookie},
+                                   timeout=timeout)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(model: Path, directory: Path, env: Mapping[str, str] | None = None,
+                 timeout: float = 90.0) -> LiveServer:
+    """gunicorn with the repo's gunicorn.conf.py, serving `model`; returns once it is ready."""
+    port = free_port()
+    settings = {key: value for key, value in os.environ.items()
+                if not key.startswith(("MELANOMA_", "PROMETHEUS_"))}
+    settings.update({"MELANOMA_MODEL_PATH": str(model),
+                     "MELANOMA_SECRET_KEY": secrets.token_hex(32),
+                     "MELANOMA_BIND": f"{HOST}:{port}", "PYTHONUNBUFFERED": "1"})
+    settings.update(env or {})
+    directory.mkdir(parents=True, exist_ok=True)
+    log_path = directory / f"gunicorn-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+                                   cwd=REPO, env=settings, stdout=log, stderr=subprocess.STDOUT)
+    server = LiveServer(process, port, log_path, settings)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.log()}")
+        try:
+            if server.get("/readyz", timeout=2).status == 200:
+                return server
+        except OSError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise AssertionError(f"gunicorn was not ready within {timeout} s:\n{server.log()}")
+
+
+def serve(model: Path, directory: Path, env: Mapping[str, str] | None = None
+          ) -> Iterator[LiveServer]:
+    """For fixtures: start, yield, and always stop."""
+    server = start_server(model, directory, env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _all_pids() -> Iterator[int]:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            yield int(entry)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses; fields resume after the last ')'.
+    state, parent = stat.rsplit(")", 1)[1].split()[:2]
+    return None if state in ("Z", "X") else int(parent)
