@@ -13,7 +13,7 @@ from export.errors import ExportError
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to build one network: the `resnest` ResNet arguments, as the package's own builders use."""
+    """How to build one network: `resnest` ResNet arguments, as the package's builders use."""
 
     name: str
     layers: tuple[int, int, int, int]

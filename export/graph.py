@@ -1,4 +1,4 @@
-"""Trace the network into an ONNX graph with two outputs: melanoma logits and the last feature map."""
+"""Trace the network into an ONNX graph with two outputs: the logits and the last feature map."""
 from __future__ import annotations
 
 import warnings

@@ -123,7 +123,7 @@ def _check_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ExportError(f"cannot create output directory {directory}: {error.strerror}")
+        raise ExportError(f"cannot create output directory {directory}: {error.strerror}") from None
     if not os.access(directory, os.W_OK):
         raise ExportError(f"output directory {directory} is not writable")
 

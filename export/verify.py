@@ -37,7 +37,8 @@ def check_graph(model_path: Path) -> None:
     try:
         onnx.checker.check_model(str(model_path), full_check=True)
     except onnx.checker.ValidationError as error:
-        raise ExportError(f"exported graph failed onnx.checker: {str(error).splitlines()[0]}")
+        first_line = str(error).splitlines()[0]
+        raise ExportError(f"exported graph failed onnx.checker: {first_line}") from None
 
 
 def measure_parity(network: torch.nn.Module, model_bytes: bytes, input_size: int,

@@ -41,7 +41,7 @@ def serialise(prediction: Prediction) -> dict[str, Any]:
         "tta": {
             "policy": prediction.policy,
             "views": [{"name": name, "probability": round(p, 6)}
-                      for name, p in zip(prediction.view_names, prediction.view_probabilities)],
+                      for name, p in prediction.views],
             "spread": round(prediction.spread, 6),
         },
         "image": {"width": prediction.image_width, "height": prediction.image_height},

@@ -20,7 +20,7 @@ def activation_maps(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def merge_maps(maps: np.ndarray, views: tuple[View, ...]) -> np.ndarray:
     """Undo each view's flips/transposes, then average, so maps agree on orientation."""
-    upright = [view.invert(single) for single, view in zip(maps, views)]
+    upright = [view.invert(single) for single, view in zip(maps, views, strict=True)]
     return np.mean(np.stack(upright), axis=0)
 
 

@@ -29,7 +29,7 @@ def predict() -> Response:
                                       want_heatmap=want_heatmap, want_input_image=True)
     page = render_template(
         "result.html", prediction=prediction,
-        views=list(zip(prediction.view_names, prediction.view_probabilities)),
+        views=prediction.views,
         input_image=_data_uri(prediction.model_input_png),
         heatmap_image=_data_uri(prediction.heatmap_png))
     response = Response(page)
