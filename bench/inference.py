@@ -1,0 +1,292 @@
+"""Side-by-side benchmark: our ONNX Runtime path vs PyTorch eager, one pinned core, one run.
+
+Every measurement is a fresh process (bench/worker.py) pinned to the same CPU with one
+thread, so cold start and RSS belong to one path alone; rounds interleave the paths so
+that noise from other work on the machine falls on all of them alike.
+
+    python -m bench.inference --demo-dir /tmp/melanoma-bench --sizes 128 224 \\
+        --json bench-results.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.flops import macs_per_image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PATHS = ("ours", "torch-per-view", "torch-batched")
+BASELINES = ("torch-per-view", "torch-batched")
+_SINGLE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                         "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
+
+
+def build_demo_models(directory: Path, sizes: list[int]) -> list[tuple[Path, Path]]:
+    """The full-size demo model and its checkpoint at each size, built once and reused."""
+    pairs = []
+    for size in sizes:
+        model = directory / str(size) / "default.onnx"
+        if not model.exists():
+            subprocess.run([sys.executable, str(ROOT / "export" / "demo_model.py"),
+                            "--output", str(model), "--input-size", str(size)],
+                           check=True, cwd=ROOT)
+        pairs.append((model, model.with_name("demo-checkpoint.ckpt")))
+    return pairs
+
+
+def write_lesion_jpeg(path: Path, width: int = 1024, height: int = 768) -> Path:
+    """A synthetic dermoscopy-sized JPEG: the decode and resize cost is part of a request."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = np.full((height, width, 3), (140, 160, 205), np.uint8)  # BGR skin tone
+    cv2.ellipse(image, (width * 2 // 5, height // 2), (width // 5, height // 7), 25, 0, 360,
+                (45, 55, 90), -1)
+    noisy = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(path), noisy, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return path
+
+
+def run_worker(kind: str, cpu: int, *options: str) -> dict[str, Any]:
+    """One measurement in its own process, pinned to `cpu` with one thread everywhere."""
+    env = os.environ | _SINGLE_THREAD
+    command = [sys.executable, "-m", "bench.worker", kind, *options,
+               "--spawned-at", repr(time.time())]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {cpu}), check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} worker failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarise(runs: list[dict[str, Any]], key: str = "request_s") -> dict[str, Any]:
+    """Pool one path's rounds: latency median/p95, cold start median, the worst RSS seen."""
+    latencies = [s for run in runs for s in run[key]]
+    result = {
+        "latency_median_s": statistics.median(latencies),
+        "latency_p95_s": _percentile(latencies, 95),
+        "samples": len(latencies),
+        "cold_start_median_s": statistics.median(r["cold_start_s"] for r in runs),
+        "cold_start_all_s": [r["cold_start_s"] for r in runs],
+        "steady_rss_mib": max(r["rss_mib"] for r in runs),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "view_probabilities": runs[0]["view_probabilities"],
+        "settings": runs[0]["settings"],
+    }
+    if "inference_s" in runs[0]:
+        inference = [s for run in runs for s in run["inference_s"]]
+        result["inference_median_s"] = statistics.median(inference)
+        result["inference_p95_s"] = _percentile(inference, 95)
+        result["torch_imported"] = any(r["torch_imported"] for r in runs)
+    return result
+
+
+def compare(case: dict[str, Any], peak_gflops: float) -> dict[str, Any]:
+    """Ratios baseline/ours, agreement, and how far ours is from the compute bound."""
+    ours = case["paths"]["ours"]
+    flops = 2.0 * case["macs_per_image"] * case["views"]
+    bound = flops / (peak_gflops * 1e9)
+    result: dict[str, Any] = {
+        "flops_per_request": flops, "compute_bound_s": bound,
+        "ours_model_vs_bound": ours["inference_median_s"] / bound,
+        "ours_model_gflops": flops / ours["inference_median_s"] / 1e9,
+    }
+    for name in BASELINES:
+        base = case["paths"][name]
+        result[name] = {
+            "latency_ratio": base["latency_median_s"] / ours["latency_median_s"],
+            "cold_start_ratio": base["cold_start_median_s"] / ours["cold_start_median_s"],
+            "steady_rss_ratio": base["steady_rss_mib"] / ours["steady_rss_mib"],
+            "peak_rss_ratio": base["peak_rss_mib"] / ours["peak_rss_mib"],
+            "max_abs_diff_probability": max(
+                abs(a - b) for a, b in zip(base["view_probabilities"],
+                                           ours["view_probabilities"])),
+        }
+    return result
+
+
+def check_targets(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, for one size and view count, as (name, value, met)."""
+    ours, ratios = case["paths"]["ours"], case["comparison"]
+    per_view, batched = ratios["torch-per-view"], ratios["torch-batched"]
+    torch_peak = min(case["paths"][b]["peak_rss_mib"] for b in BASELINES)
+    torch_steady = min(case["paths"][b]["steady_rss_mib"] for b in BASELINES)
+    rows = [
+        ("latency vs PyTorch per view >= 2x", per_view["latency_ratio"], 2.0),
+        ("latency vs PyTorch batched >= 1.3x", batched["latency_ratio"], 1.3),
+        ("model time within 1.6x of FLOP/peak bound", ratios["ours_model_vs_bound"], 1.6),
+        ("steady RSS < 300 MiB and below PyTorch", ours["steady_rss_mib"],
+         min(300.0, torch_steady)),
+        ("peak RSS < 400 MiB and below PyTorch", ours["peak_rss_mib"], min(400.0, torch_peak)),
+        ("cold start < 1 s", ours["cold_start_median_s"], 1.0),
+        ("cold start >= 2x faster than PyTorch",
+         min(per_view["cold_start_ratio"], batched["cold_start_ratio"]), 2.0),
+        ("serving process never imported torch", float(ours["torch_imported"]), 0.5),
+    ]
+    lower_is_better = {2, 3, 4, 5, 7}
+    return [{"target": name, "value": value, "limit": limit,
+             "met": value <= limit if index in lower_is_better else value >= limit}
+            for index, (name, value, limit) in enumerate(rows)]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table: one block of rows per input size and view count."""
+    lines = [f"Single-core fp32 GEMM peak: {report['peak_gflops']:.1f} GFLOP/s "
+             f"({report['peak_source']}); CPU {report['cpu_model']}, pinned to core "
+             f"{report['cpu']}, {report['rounds']} rounds x {report['repeats']} requests.", "",
+             "| input, views | metric | ours (ONNX Runtime) | PyTorch per view | "
+             "PyTorch batched | per view / ours | batched / ours |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for case in report["cases"]:
+        paths, cmp = case["paths"], case["comparison"]
+        label = f"{case['input_size']} px, {case['views']} views"
+        ours, pv, bt = (paths[p] for p in PATHS)
+
+        def row(metric: str, key: str, scale: float, fmt: str, ratio: str | None) -> None:
+            values = [f"{p[key] * scale:{fmt}}" for p in (ours, pv, bt)]
+            ratios = [f"{cmp[b][ratio]:.2f}x" if ratio else "" for b in BASELINES]
+            lines.append(f"| {label} | {metric} | " + " | ".join(values + ratios) + " |")
+
+        row("latency median (ms)", "latency_median_s", 1000, ".0f", "latency_ratio")
+        row("latency p95 (ms)", "latency_p95_s", 1000, ".0f", None)
+        images = [f"{1.0 / p['latency_median_s']:.2f}" for p in (ours, pv, bt)]
+        lines.append(f"| {label} | images/s | " + " | ".join(images) + " | | |")
+        gflops = [f"{cmp['flops_per_request'] / p['latency_median_s'] / 1e9:.1f}"
+                  for p in (ours, pv, bt)]
+        lines.append(f"| {label} | GFLOP/s (whole request) | " + " | ".join(gflops) + " | | |")
+        row("cold start to 1st prediction (s)", "cold_start_median_s", 1, ".2f",
+            "cold_start_ratio")
+        row("steady RSS (MiB)", "steady_rss_mib", 1, ".0f", "steady_rss_ratio")
+        row("peak RSS incl. load (MiB)", "peak_rss_mib", 1, ".0f", "peak_rss_ratio")
+        lines.append(f"| {label} | max abs diff probability vs ours | - | "
+                     f"{cmp['torch-per-view']['max_abs_diff_probability']:.1e} | "
+                     f"{cmp['torch-batched']['max_abs_diff_probability']:.1e} | | |")
+        lines.append(f"| {label} | model only: ms / bound ms / ratio | "
+                     f"{ours['inference_median_s'] * 1000:.0f} / "
+                     f"{cmp['compute_bound_s'] * 1000:.0f} / "
+                     f"{cmp['ours_model_vs_bound']:.2f}x | | | | |")
+    lines += ["", "| target | input, views | value | limit | met |", "|---|---|---:|---:|---|"]
+    for case in report["cases"]:
+        for target in case["targets"]:
+            lines.append(f"| {target['target']} | {case['input_size']} px, {case['views']} | "
+                         f"{target['value']:.3g} | {target['limit']:.3g} | "
+                         f"{'yes' if target['met'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, action="append", default=[],
+                        help="an exported .onnx model (repeat for several sizes)")
+    parser.add_argument("--checkpoint", type=Path, action="append", default=[],
+                        help="the PyTorch checkpoint of each --model, in the same order")
+    parser.add_argument("--demo-dir", type=Path,
+                        help="build (once) and use the full-size demo model here instead")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224],
+                        help="input sizes of the demo models (with --demo-dir)")
+    parser.add_argument("--views", type=int, nargs="+", default=[8], choices=[1, 4, 8],
+                        help="TTA views per request")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="fresh processes per path, interleaved across paths")
+    parser.add_argument("--repeats", type=int, default=15, help="timed requests per process")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed requests per process")
+    parser.add_argument("--matrix-size", type=int, default=2048,
+                        help="side of the fp32 GEMM that measures the single-core peak")
+    parser.add_argument("--peak-libraries", nargs="+", default=["numpy", "torch"],
+                        choices=["numpy", "torch"], help="GEMMs to try; the fastest is peak")
+    parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
+                        help="the core every measured process is pinned to")
+    parser.add_argument("--image", type=Path, help="JPEG to send (default: synthetic 1024x768)")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"),
+                        help="where the full results go")
+    args = parser.parse_args(argv)
+
+    if args.demo_dir:
+        pairs = build_demo_models(args.demo_dir, args.sizes)
+    elif args.model and len(args.model) == len(args.checkpoint):
+        pairs = list(zip(args.model, args.checkpoint))
+    else:
+        parser.error("give --demo-dir, or one --checkpoint for each --model")
+    with tempfile.TemporaryDirectory() as scratch:
+        image = args.image or write_lesion_jpeg(Path(scratch) / "lesion.jpg")
+        report = _measure(args, pairs, image)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(report))
+    print(f"\nfull results: {args.json}")
+    return 0
+
+
+def _measure(args: argparse.Namespace, pairs: list[tuple[Path, Path]],
+             image: Path) -> dict[str, Any]:
+    runs: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    peaks: list[dict[str, Any]] = []
+    common = ["--image", str(image), "--repeats", str(args.repeats),
+              "--warmup", str(args.warmup)]
+    for round_index in range(args.rounds):
+        for library in args.peak_libraries:
+            peaks.append(run_worker(f"peak-{library}", args.cpu, "--repeats", "5",
+                                    "--matrix-size", str(args.matrix_size)))
+        for index, (model, checkpoint) in enumerate(pairs):
+            for views in args.views:
+                order = PATHS if round_index % 2 == 0 else PATHS[::-1]
+                for path in order:
+                    result = run_worker(path, args.cpu, "--model", str(model), "--checkpoint",
+                                        str(checkpoint), "--views", str(views), *common)
+                    runs.setdefault((index, views, path), []).append(result)
+                    print(f"round {round_index + 1}/{args.rounds} {model.name} {views} views "
+                          f"{path}: {statistics.median(result['request_s']) * 1000:.0f} ms",
+                          file=sys.stderr, flush=True)
+    best_peak = max(peaks, key=lambda p: p["gflops_best"])
+    report: dict[str, Any] = {
+        "peak_gflops": best_peak["gflops_best"], "peak_source": best_peak["settings"],
+        "peak_runs": [{"library": p["settings"], "gflops_best": p["gflops_best"]} for p in peaks],
+        "cpu": args.cpu, "cpu_model": _cpu_model(), "rounds": args.rounds,
+        "repeats": args.repeats, "python": sys.version.split()[0], "cases": []}
+    for index, (model, checkpoint) in enumerate(pairs):
+        macs = macs_per_image(model)
+        for views in args.views:
+            from webapp.model_spec import read_spec_file
+
+            case: dict[str, Any] = {
+                "model": str(model), "checkpoint": str(checkpoint),
+                "input_size": read_spec_file(model).input_size, "views": views,
+                "macs_per_image": macs,
+                "paths": {p: summarise(runs[(index, views, p)]) for p in PATHS}}
+            case["comparison"] = compare(case, report["peak_gflops"])
+            case["targets"] = check_targets(case)
+            report["cases"].append(case)
+    return report
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

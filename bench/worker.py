@@ -1,0 +1,174 @@
+"""One measured process: cold start, latency, RSS of one inference path; JSON on stdout.
+
+Run by bench/inference.py, one fresh process per measurement, so that imports, memory and
+cold start belong to that path alone. The `ours` path must never import torch.
+
+    python -m bench.worker ours --model M.onnx --image lesion.jpg --views 8 --repeats 20
+"""
+from __future__ import annotations
+
+import time
+
+STARTED = time.time()  # before any heavy import: cold start is measured from here
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+KINDS = ("ours", "torch-per-view", "torch-batched", "peak-numpy", "peak-torch")
+POLICY_FOR_VIEWS = {1: "none", 4: "flips", 8: "dihedral"}
+
+
+def memory_mib() -> dict[str, float]:
+    """Current and peak resident set of this process, from /proc (Linux)."""
+    values: dict[str, float] = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024.0
+    return {"rss_mib": values["VmRSS"], "peak_rss_mib": values["VmHWM"]}
+
+
+def _timed(function: Callable[[], Any], repeats: int) -> list[float]:
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    """The serving path exactly as the server runs it: Classifier.predict, no heatmap."""
+    from webapp import preprocess, tta
+    from webapp.classifier import Classifier
+
+    data = args.image.read_bytes()
+    policy = POLICY_FOR_VIEWS[args.views]
+    model = Classifier(args.model, intra_op_threads=1)
+    first = model.predict(data, policy=policy, want_heatmap=False)
+    cold = time.time() - (args.spawned_at or STARTED)
+    after_load = memory_mib()
+    seen = preprocess.fit_to_input(preprocess.decode_image(data), model.spec)
+    batch = preprocess.to_model_input(tta.make_batch(seen, tta.views_for(policy)), model.spec)
+    for _ in range(args.warmup):
+        model.predict(data, policy=policy, want_heatmap=False)
+    request = _timed(lambda: model.predict(data, policy=policy, want_heatmap=False),
+                     args.repeats)
+    inference = _timed(lambda: model.run_batch(batch), args.repeats)
+    return {**memory_mib(), "cold_start_s": cold, "after_first_prediction": after_load,
+            "view_probabilities": list(first.view_probabilities),
+            "probability": first.probability, "request_s": request, "inference_s": inference,
+            "torch_imported": "torch" in sys.modules, "settings": "ORT CPU, 1 intra-op thread"}
+
+
+def run_torch(args: argparse.Namespace, batched: bool) -> dict[str, Any]:
+    """The baseline: the checkpoint in PyTorch eager, as the Streamlit apps serve it."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    from export.architectures import ARCHITECTURES
+    from export.checkpoint import load_checkpoint
+    from webapp import preprocess, tta
+    from webapp.model_spec import melanoma_probabilities, read_spec_file
+
+    spec = read_spec_file(args.model)  # the same preprocessing numbers the server uses
+    loaded = load_checkpoint(args.checkpoint)
+    network = ARCHITECTURES[spec.architecture].build(
+        1 if spec.output_kind == "sigmoid" else 2)
+    network.load_state_dict(loaded.state_dict, strict=True)
+    network.eval()
+    data = args.image.read_bytes()
+    views = tta.views_for(POLICY_FOR_VIEWS[args.views])
+
+    def predict(layout: torch.memory_format) -> list[float]:
+        seen = preprocess.fit_to_input(preprocess.decode_image(data), spec)
+        batch = torch.from_numpy(preprocess.to_model_input(tta.make_batch(seen, views), spec))
+        with torch.inference_mode():
+            if batched:
+                logits = network(batch.contiguous(memory_format=layout))
+            else:
+                logits = torch.cat([network(batch[i:i + 1].contiguous(memory_format=layout))
+                                    for i in range(len(views))])
+        return [float(p) for p in melanoma_probabilities(
+            logits.numpy(), spec.output_kind, spec.melanoma_index)]
+
+    first = predict(torch.contiguous_format)
+    cold = time.time() - (args.spawned_at or STARTED)
+    after_load = memory_mib()
+    # The baseline gets PyTorch's faster layout on this CPU, chosen by measurement.
+    layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    trial = {}
+    for name, layout in layouts.items():
+        network.to(memory_format=layout)
+        predict(layout)
+        trial[name] = min(_timed(lambda: predict(layout), 2))
+    best = min(trial, key=trial.__getitem__)
+    network.to(memory_format=layouts[best])
+    for _ in range(args.warmup):
+        predict(layouts[best])
+    request = _timed(lambda: predict(layouts[best]), args.repeats)
+    return {**memory_mib(), "cold_start_s": cold, "after_first_prediction": after_load,
+            "view_probabilities": first, "probability": sum(first) / len(first),
+            "request_s": request,
+            "settings": f"torch {torch.__version__}, 1 thread, eval, inference_mode, "
+                        f"{best} ({', '.join(f'{k} {v * 1000:.0f} ms' for k, v in trial.items())})"}
+
+
+def run_peak(args: argparse.Namespace, library: str) -> dict[str, Any]:
+    """Single-core fp32 GEMM throughput: the hardware bound the model is compared with."""
+    n = args.matrix_size
+    if library == "numpy":
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        multiply: Callable[[], Any] = lambda: a @ b  # noqa: E731
+        version = f"numpy {np.__version__}"
+    else:
+        import torch
+
+        torch.set_num_threads(1)
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        multiply = lambda: torch.mm(a, b)  # noqa: E731
+        version = f"torch {torch.__version__}"
+    multiply()
+    seconds = _timed(multiply, args.repeats)
+    return {**memory_mib(), "gemm_seconds": seconds, "flops": 2.0 * n ** 3,
+            "gflops_best": 2.0 * n ** 3 / min(seconds) / 1e9, "settings": version}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=KINDS, help="which path this process measures")
+    parser.add_argument("--model", type=Path, help="the exported .onnx model (and its spec)")
+    parser.add_argument("--checkpoint", type=Path, help="the PyTorch checkpoint it came from")
+    parser.add_argument("--image", type=Path, help="the JPEG sent as every request")
+    parser.add_argument("--views", type=int, default=8, choices=sorted(POLICY_FOR_VIEWS),
+                        help="TTA views per request")
+    parser.add_argument("--repeats", type=int, default=20, help="timed requests")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed requests first")
+    parser.add_argument("--spawned-at", type=float, default=None,
+                        help="the parent's time.time() just before it started this process")
+    parser.add_argument("--matrix-size", type=int, default=2048, help="GEMM side for peak")
+    args = parser.parse_args(argv)
+    if args.kind == "ours":
+        result = run_ours(args)
+    elif args.kind.startswith("torch"):
+        result = run_torch(args, batched=args.kind == "torch-batched")
+    else:
+        result = run_peak(args, args.kind.removeprefix("peak-"))
+    # RSS is read inside each run_* while its model is still alive: steady state.
+    result.update(kind=args.kind, pid=os.getpid(), started_at=STARTED,
+                  affinity=sorted(os.sched_getaffinity(0)))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Score labelled ISIC-layout image sets (AUC, operating point) and folders (submission.csv)."""

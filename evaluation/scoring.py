@@ -1,0 +1,56 @@
+"""Score image files through the server's own path: Classifier.predict, per TTA policy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tqdm import tqdm
+
+from webapp.classifier import Classifier
+from webapp.errors import InvalidImage
+
+
+class ScoringError(RuntimeError):
+    """An image could not be scored; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Melanoma probability of each image under each TTA policy, in input order."""
+
+    names: tuple[str, ...]
+    by_policy: dict[str, tuple[float, ...]]
+
+
+def open_classifier(model_path: Path) -> Classifier:
+    """The same Classifier the server builds, on one thread, warmed up and checked."""
+    classifier = Classifier(model_path, intra_op_threads=1)
+    classifier.warm_up()
+    return classifier
+
+
+def score_files(classifier: Classifier, images: Sequence[tuple[str, Path]],
+                policies: Iterable[str], progress: bool = True) -> Scores:
+    """Run every image through `predict` once per policy, with a progress bar on stderr."""
+    policies = tuple(policies)
+    results: dict[str, list[float]] = {policy: [] for policy in policies}
+    for name, path in tqdm(images, desc="scoring", unit="image", disable=not progress):
+        data = path.read_bytes()
+        for policy in policies:
+            try:
+                prediction = classifier.predict(data, policy=policy, want_heatmap=False)
+            except InvalidImage as error:
+                raise ScoringError(f"{path}: {error}") from None
+            results[policy].append(prediction.probability)
+    return Scores(tuple(name for name, _ in images),
+                  {policy: tuple(values) for policy, values in results.items()})
+
+
+def write_submission(path: Path, names: Sequence[str], probabilities: Sequence[float]) -> None:
+    """The competition's format: `image_name,target`, target a probability."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["image_name,target"] + [f"{name},{p:.8f}" for name, p in zip(names, probabilities)]
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("\n".join(lines) + "\n")
+    partial.replace(path)
