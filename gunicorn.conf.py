@@ -27,3 +27,21 @@ accesslog = "-"
 errorlog = "-"
 # The access log records method, path, status, size and time; never bodies or filenames.
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
+
+
+# Prometheus multiprocess mode (webapp/metrics.py), only where PROMETHEUS_MULTIPROC_DIR is
+# set: samples left by a previous run would be summed with this one's, so start empty.
+def on_starting(server):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, mode=0o700)
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -6,8 +6,9 @@ from typing import Any
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webapp import config, responses, security
+from webapp import config, metrics, ratelimit, responses, security
 from webapp.admission import InferenceGate
 from webapp.classifier import Classifier
 from webapp.uploads import InMemoryRequest
@@ -20,6 +21,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     config.load(app, test_config)
     app.request_class = InMemoryRequest
+    if int(app.config["TRUSTED_PROXIES"]) > 0:
+        # The client's address, as the proxies in front saw it, keys the rate limit.
+        hops = int(app.config["TRUSTED_PROXIES"])
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops)
 
     gate = InferenceGate(max_running=int(app.config["MAX_RUNNING"]),
                          max_waiting=int(app.config["MAX_WAITING"]),
@@ -32,6 +38,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from webapp import api, health, views
 
+    metrics.init_app(app)
+    # Before CSRF, so a client over its limit is refused without its upload being parsed.
+    ratelimit.init_app(app)
     csrf.init_app(app)
     csrf.exempt(api.bp)
     app.register_blueprint(views.bp)

@@ -18,6 +18,8 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_TIMEOUT": 10.0,
     "DEFAULT_TTA": "dihedral",
     "RATELIMIT_PER_MINUTE": 0,
+    # Reverse proxies (nginx, a load balancer) whose X-Forwarded-For names the client.
+    "TRUSTED_PROXIES": 0,
 }
 
 

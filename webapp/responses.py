@@ -5,6 +5,7 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from webapp import metrics
 from webapp.errors import ClientError, Overloaded
 
 _FRIENDLY = {
@@ -22,6 +23,7 @@ def wants_json() -> bool:
 
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> Response:
+    metrics.count_error(code)
     if wants_json():
         response = jsonify({"error": code, "message": message})
     elif request.endpoint == "views.predict":
