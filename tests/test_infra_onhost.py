@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import re
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def test_shellcheck_catches_an_unquoted_variable(tmp_path: Path) -> None:
 def test_render_cli_writes_unit_env_and_site(tmp_path: Path) -> None:
     assert render.main(["--out", str(tmp_path), "--model-sha256", SHA]) == 0
     assert {p.name for p in tmp_path.iterdir()} == {"melanoma.service", "melanoma.env", "melanoma-nginx.conf"}
-    assert "@" not in (tmp_path / "melanoma-nginx.conf").read_text().replace("$", "")
+    assert not re.search(r"@[A-Z0-9_]+@", (tmp_path / "melanoma-nginx.conf").read_text())
 
 
 @pytest.mark.parametrize(("overrides", "words"), [
@@ -181,16 +182,22 @@ def test_nginx_refuses_metrics_to_anyone_but_loopback(bare_nginx: int) -> None:
 
 
 def test_nginx_refuses_an_upload_over_the_apps_limit(bare_nginx: int) -> None:
-    status, _ = _request(bare_nginx, "POST", "/api/v1/predict", body=b"\0" * (16 * 1024 * 1024 + 1), source="127.0.0.3")
+    status, body = _request(bare_nginx, "POST", "/api/v1/predict",
+                            body=b"\0" * (16 * 1024 * 1024 + 1), source="127.0.0.3")
     assert status == 413
+    assert json.loads(body)["error"] == "request_entity_too_large"
 
 
 @pytest.mark.parametrize("path", ["/predict", "/api/v1/predict"])
 def test_nginx_rate_limits_the_predict_routes(bare_nginx: int, path: str) -> None:
     # Each path gets its own client address so the two cases do not share a bucket.
     source = "127.0.0.4" if path == "/predict" else "127.0.0.5"
-    statuses = [_request(bare_nginx, "POST", path, body=b"x", source=source)[0] for _ in range(6)]
+    replies = [_request(bare_nginx, "POST", path, body=b"x", source=source) for _ in range(6)]
+    statuses = [status for status, _ in replies]
     assert 429 in statuses and statuses[0] == 502, statuses
+    if path.startswith("/api/"):
+        refused = next(body for status, body in replies if status == 429)
+        assert json.loads(refused)["error"] == "rate_limited"
 
 
 def test_verify_model_script_accepts_the_right_hash_and_refuses_another(tmp_path: Path) -> None:
