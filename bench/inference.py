@@ -96,6 +96,9 @@ def summarise(runs: list[dict[str, Any]], key: str = "request_s") -> dict[str, A
         result["inference_median_s"] = statistics.median(inference)
         result["inference_p95_s"] = _percentile(inference, 95)
         result["torch_imported"] = any(r["torch_imported"] for r in runs)
+        result["cold_start_phases_median_s"] = {
+            phase: statistics.median(r["cold_start_phases"][phase] for r in runs)
+            for phase in runs[0]["cold_start_phases"]}
     return result
 
 
@@ -183,6 +186,10 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{ours['inference_median_s'] * 1000:.0f} / "
                      f"{cmp['compute_bound_s'] * 1000:.0f} / "
                      f"{cmp['ours_model_vs_bound']:.2f}x | | | | |")
+    for case in report["cases"]:
+        phases = case["paths"]["ours"]["cold_start_phases_median_s"]
+        lines.append(f"\nOurs, cold start at {case['input_size']} px (medians): " + ", ".join(
+            f"{name.removesuffix('_s')} {seconds:.2f} s" for name, seconds in phases.items()))
     lines += ["", "| target | input, views | value | limit | met |", "|---|---|---:|---:|---|"]
     for case in report["cases"]:
         for target in case["targets"]:
