@@ -154,7 +154,8 @@ def format_table(report: dict[str, Any]) -> str:
     """Markdown table: one block of rows per input size and view count."""
     lines = [f"Single-core fp32 GEMM peak: {report['peak_gflops']:.1f} GFLOP/s "
              f"({report['peak_source']}); CPU {report['cpu_model']}, pinned to core "
-             f"{report['cpu']}, {report['rounds']} rounds x {report['repeats']} requests.", "",
+             f"{report['cpu']}, {report['rounds']} rounds x {report['repeats']} requests; "
+             f"ours served from: {report['ours_layout']} model.", "",
              "| input, views | metric | ours (ONNX Runtime) | PyTorch per view | "
              "PyTorch batched | per view / ours | batched / ours |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -199,6 +200,13 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _external_copy(model: Path) -> Path:
+    from export.external_data import split_weights
+
+    copy = model.parent / "external-data" / model.name
+    return copy if copy.exists() else split_weights(model, copy)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as info:
@@ -232,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["numpy", "torch"], help="GEMMs to try; the fastest is peak")
     parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
                         help="the core every measured process is pinned to")
+    parser.add_argument("--external-data", action="store_true",
+                        help="serve ours from a copy with weights in .onnx.data "
+                             "(export/external_data.py), made once beside each model")
     parser.add_argument("--image", type=Path, help="JPEG to send (default: synthetic 1024x768)")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"),
                         help="where the full results go")
@@ -267,7 +278,9 @@ def _measure(args: argparse.Namespace, pairs: list[tuple[Path, Path]],
             for views in args.views:
                 order = PATHS if round_index % 2 == 0 else PATHS[::-1]
                 for path in order:
-                    result = run_worker(path, args.cpu, "--model", str(model), "--checkpoint",
+                    served = _external_copy(model) if args.external_data and path == "ours" \
+                        else model
+                    result = run_worker(path, args.cpu, "--model", str(served), "--checkpoint",
                                         str(checkpoint), "--views", str(views), *common)
                     runs.setdefault((index, views, path), []).append(result)
                     print(f"round {round_index + 1}/{args.rounds} {model.name} {views} views "
@@ -278,6 +291,7 @@ def _measure(args: argparse.Namespace, pairs: list[tuple[Path, Path]],
         "peak_gflops": best_peak["gflops_best"], "peak_source": best_peak["settings"],
         "peak_runs": [{"library": p["settings"], "gflops_best": p["gflops_best"]} for p in peaks],
         "cpu": args.cpu, "cpu_model": _cpu_model(), "rounds": args.rounds,
+        "ours_layout": "external data" if args.external_data else "single file",
         "repeats": args.repeats, "python": sys.version.split()[0], "cases": []}
     for index, (model, checkpoint) in enumerate(pairs):
         macs = macs_per_image(model)
