@@ -1,4 +1,5 @@
 """What gets shipped: a reproducible app bundle, the model, and their S3 home."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 # The serving box gets these and nothing else: no export code, no tests, no checkpoints.
-BUNDLE_PATHS = ("webapp", "requirements.txt", "gunicorn.conf.py", "infra/host", "infra/README-deploy.md")
+BUNDLE_PATHS = (
+    "webapp",
+    "requirements.txt",
+    "gunicorn.conf.py",
+    "infra/host",
+    "infra/README-deploy.md",
+)
 _REQUIRED = ("webapp", "requirements.txt", "gunicorn.conf.py", "infra/host/bootstrap.sh")
 _SKIP_NAMES = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".onnx", ".onnx.data", ".ckpt", ".pt", ".pth")
@@ -41,7 +48,9 @@ def sha256_file(path: Path) -> str:
 def _bundle_files(source_dir: Path) -> list[Path]:
     missing = [name for name in _REQUIRED if not (source_dir / name).exists()]
     if missing:
-        raise ArtifactError(f"{source_dir} lacks {', '.join(missing)}; is --source-dir the repository root?")
+        raise ArtifactError(
+            f"{source_dir} lacks {', '.join(missing)}; is --source-dir the repository root?"
+        )
     files: list[Path] = []
     for name in BUNDLE_PATHS:
         root = source_dir / name
@@ -69,7 +78,10 @@ def build_bundle(source_dir: Path, out_dir: Path, stack_name: str) -> Artifact:
                 tar.addfile(info, handle)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "app.tar.gz"
-    with path.open("wb") as handle, gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="") as gz:
+    with (
+        path.open("wb") as handle,
+        gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="") as gz,
+    ):
         gz.write(raw.getvalue())
     digest = sha256_file(path)
     return Artifact(path=path, key=f"{stack_name}/app/{digest[:16]}.tar.gz", sha256=digest)
@@ -83,7 +95,9 @@ def model_artifact(model_path: Path, stack_name: str) -> Artifact:
         raise ArtifactError(f"model must be an exported .onnx file, got {model_path.name}")
     external = model_path.with_name(model_path.name + ".data")
     if external.exists():
-        raise ArtifactError(f"{external.name} holds external weights; re-export with weights embedded")
+        raise ArtifactError(
+            f"{external.name} holds external weights; re-export with weights embedded"
+        )
     digest = sha256_file(model_path)
     return Artifact(path=model_path, key=f"{stack_name}/models/{digest}.onnx", sha256=digest)
 
@@ -100,12 +114,24 @@ def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
     if region != "us-east-1":
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
     s3.create_bucket(**kwargs)
-    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
-        "BlockPublicAcls": True, "IgnorePublicAcls": True,
-        "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
-    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
-        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
-    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": MANAGED_TAG[0], "Value": MANAGED_TAG[1]}]})
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    s3.put_bucket_tagging(
+        Bucket=bucket, Tagging={"TagSet": [{"Key": MANAGED_TAG[0], "Value": MANAGED_TAG[1]}]}
+    )
 
 
 def upload(s3: Any, bucket: str, artifact: Artifact) -> bool:
@@ -116,7 +142,12 @@ def upload(s3: Any, bucket: str, artifact: Artifact) -> bool:
     except s3.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
             raise
-    s3.upload_file(str(artifact.path), bucket, artifact.key, ExtraArgs={"Metadata": {"sha256": artifact.sha256}})
+    s3.upload_file(
+        str(artifact.path),
+        bucket,
+        artifact.key,
+        ExtraArgs={"Metadata": {"sha256": artifact.sha256}},
+    )
     return True
 
 
@@ -129,7 +160,9 @@ def delete_stack_objects(s3: Any, bucket: str, stack_name: str) -> int:
         if keys:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
             deleted += len(keys)
-    if s3.list_objects_v2(Bucket=bucket, MaxKeys=1).get("KeyCount", 0) == 0 and _is_managed(s3, bucket):
+    if s3.list_objects_v2(Bucket=bucket, MaxKeys=1).get("KeyCount", 0) == 0 and _is_managed(
+        s3, bucket
+    ):
         s3.delete_bucket(Bucket=bucket)
     return deleted
 

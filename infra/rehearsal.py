@@ -3,6 +3,7 @@
 Used by the infra tests (`nginx -t` and the loopback rehearsal); needs only an nginx
 binary. Nothing here touches the system's nginx configuration or service.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,9 @@ http {{
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.path.exists(p)), None)
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.path.exists(p)), None
+    )
     if not found:
         raise FileNotFoundError("nginx is not installed (apt-get install nginx)")
     return found
@@ -48,7 +51,15 @@ def write_nginx_conf(site: Path, prefix: Path) -> Path:
 
 
 def _nginx_args(conf: Path) -> list[str]:
-    return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", str(conf.parent / "error.log")]
+    return [
+        nginx_binary(),
+        "-p",
+        str(conf.parent),
+        "-c",
+        str(conf),
+        "-e",
+        str(conf.parent / "error.log"),
+    ]
 
 
 def check_nginx(conf: Path) -> tuple[int, str]:
@@ -76,7 +87,9 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
 
 
 @contextmanager
-def running(args: list[str], port: int, timeout: float = 30.0, **popen: object) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    args: list[str], port: int, timeout: float = 30.0, **popen: object
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server process, wait until port accepts connections, stop it on exit."""
     proc = subprocess.Popen(args, **popen)  # type: ignore[call-overload]
     try:

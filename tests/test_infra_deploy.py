@@ -1,4 +1,5 @@
 """infra/deploy.py against moto's fake AWS: stacks, artifacts, outputs, teardown, errors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -56,17 +57,32 @@ def _model(tmp_path: Path, payload: bytes = b"onnx-bytes-v1") -> Path:
 
 
 def _params(stack_name: str) -> dict[str, str]:
-    stack = boto3.client("cloudformation", region_name=REGION).describe_stacks(StackName=stack_name)["Stacks"][0]
+    stack = boto3.client("cloudformation", region_name=REGION).describe_stacks(
+        StackName=stack_name
+    )["Stacks"][0]
     return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
 
 
 def _deploy(source_dir: Path, model: Path, *extra: str, stack: str = "mel") -> int:
-    return deploy.main(["deploy", "--stack-name", stack, "--model", str(model), "--source-dir", str(source_dir),
-                        "--poll-seconds", "1", *extra])
+    return deploy.main(
+        [
+            "deploy",
+            "--stack-name",
+            stack,
+            "--model",
+            str(model),
+            "--source-dir",
+            str(source_dir),
+            "--poll-seconds",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def test_deploy_creates_stack_with_model_hash_and_uploads_both_artifacts(
-        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = _model(tmp_path)
     assert _deploy(source_dir, model) == 0
 
@@ -81,32 +97,53 @@ def test_deploy_creates_stack_with_model_hash_and_uploads_both_artifacts(
     shipped = s3.get_object(Bucket=bucket, Key=params["ModelKey"])["Body"].read()
     assert shipped == model.read_bytes()
     assert params["AppKey"].startswith("mel/app/") and params["ModelKey"].startswith("mel/models/")
-    assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]["BlockPublicAcls"]
+    assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"][
+        "BlockPublicAcls"
+    ]
 
     out = capsys.readouterr().out
     assert "stack mel: created" in out and "Url: http://" in out
 
 
 def test_bundle_holds_the_serving_files_only_and_is_reproducible(
-        aws: None, source_dir: Path, tmp_path: Path) -> None:
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
     first = artifacts.build_bundle(source_dir, tmp_path / "a", "mel")
     second = artifacts.build_bundle(source_dir, tmp_path / "b", "mel")
     assert first.sha256 == second.sha256 and first.key == second.key
     with tarfile.open(first.path) as tar:
         names = set(tar.getnames())
         bootstrap_mode = tar.getmember("infra/host/bootstrap.sh").mode
-    assert {"webapp/__init__.py", "webapp/static/style.css", "requirements.txt", "gunicorn.conf.py",
-            "infra/host/bootstrap.sh", "infra/host/render.py"} <= names
+    assert {
+        "webapp/__init__.py",
+        "webapp/static/style.css",
+        "requirements.txt",
+        "gunicorn.conf.py",
+        "infra/host/bootstrap.sh",
+        "infra/host/render.py",
+    } <= names
     assert not [n for n in names if n.startswith(("tests/", "models/")) or n.endswith(".pyc")]
     assert bootstrap_mode == 0o755
 
 
 @pytest.mark.filterwarnings("ignore:Tried to parse .* not supported by moto")
 def test_scale_out_deploy_passes_network_and_certificate_and_prints_https_url(
-        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cert = boto3.client("acm", region_name=REGION).request_certificate(DomainName="melanoma.example.org")
-    rc = _deploy(source_dir, _model(tmp_path), "--template", "scale-out", "--certificate-arn",
-                 cert["CertificateArn"], "--max-size", "4", stack="melfleet")
+    aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert = boto3.client("acm", region_name=REGION).request_certificate(
+        DomainName="melanoma.example.org"
+    )
+    rc = _deploy(
+        source_dir,
+        _model(tmp_path),
+        "--template",
+        "scale-out",
+        "--certificate-arn",
+        cert["CertificateArn"],
+        "--max-size",
+        "4",
+        stack="melfleet",
+    )
     assert rc == 0
     params = _params("melfleet")
     assert params["CertificateArn"] == cert["CertificateArn"] and params["MaxSize"] == "4"
@@ -116,12 +153,26 @@ def test_scale_out_deploy_passes_network_and_certificate_and_prints_https_url(
 
 
 def test_update_model_swaps_only_the_model_and_keeps_other_settings(
-        aws: None, source_dir: Path, tmp_path: Path) -> None:
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
     assert _deploy(source_dir, _model(tmp_path), "--ssh-cidr", "203.0.113.0/24") == 0
     before = _params("mel")
     new_model = _model(tmp_path, b"onnx-bytes-v2")
 
-    assert deploy.main(["update-model", "--stack-name", "mel", "--model", str(new_model), "--poll-seconds", "1"]) == 0
+    assert (
+        deploy.main(
+            [
+                "update-model",
+                "--stack-name",
+                "mel",
+                "--model",
+                str(new_model),
+                "--poll-seconds",
+                "1",
+            ]
+        )
+        == 0
+    )
 
     after = _params("mel")
     assert after["ModelSha256"] == hashlib.sha256(b"onnx-bytes-v2").hexdigest()
@@ -130,11 +181,15 @@ def test_update_model_swaps_only_the_model_and_keeps_other_settings(
     assert {k: after[k] for k in unchanged} == unchanged
     assert after["SshCidr"] == "203.0.113.0/24"
     s3 = boto3.client("s3", region_name=REGION)
-    assert s3.get_object(Bucket=after["ArtifactBucket"], Key=after["ModelKey"])["Body"].read() == b"onnx-bytes-v2"
+    assert (
+        s3.get_object(Bucket=after["ArtifactBucket"], Key=after["ModelKey"])["Body"].read()
+        == b"onnx-bytes-v2"
+    )
 
 
 def test_redeploy_without_a_flag_keeps_the_value_given_before(
-        aws: None, source_dir: Path, tmp_path: Path) -> None:
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
     model = _model(tmp_path)
     assert _deploy(source_dir, model, "--instance-type", "t3.micro") == 0
     (source_dir / "webapp" / "views.py").write_text("# changed app\n")
@@ -144,7 +199,8 @@ def test_redeploy_without_a_flag_keeps_the_value_given_before(
 
 
 def test_teardown_deletes_stack_artifacts_and_the_bucket_it_made(
-        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert _deploy(source_dir, _model(tmp_path)) == 0
     bucket = _params("mel")["ArtifactBucket"]
 
@@ -158,18 +214,24 @@ def test_teardown_deletes_stack_artifacts_and_the_bucket_it_made(
     assert "deleted 2 object(s)" in capsys.readouterr().out
 
 
-def test_teardown_leaves_other_stacks_artifacts_alone(aws: None, source_dir: Path, tmp_path: Path) -> None:
+def test_teardown_leaves_other_stacks_artifacts_alone(
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
     model = _model(tmp_path)
     assert _deploy(source_dir, model, stack="one") == 0
     assert _deploy(source_dir, model, stack="two") == 0
     assert deploy.main(["teardown", "--stack-name", "one", "--poll-seconds", "1"]) == 0
     bucket = _params("two")["ArtifactBucket"]
-    keys = [o["Key"] for o in boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=bucket)["Contents"]]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=bucket)["Contents"]
+    ]
     assert keys and all(k.startswith("two/") for k in keys)
 
 
 def test_status_prints_url_and_model_hash(
-        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = _model(tmp_path)
     assert _deploy(source_dir, model) == 0
     capsys.readouterr()
@@ -188,9 +250,18 @@ def _assert_one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> N
 
 
 def _no_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
@@ -199,15 +270,19 @@ def _no_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_missing_credentials_is_a_one_line_error(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _no_aws_env(monkeypatch, tmp_path)
-    rc = deploy.main(["deploy", "--stack-name", "mel", "--region", REGION, "--model", str(_model(tmp_path))])
+    rc = deploy.main(
+        ["deploy", "--stack-name", "mel", "--region", REGION, "--model", str(_model(tmp_path))]
+    )
     assert rc != 0
     _assert_one_line_error(capsys, "no AWS credentials")
 
 
 def test_missing_region_is_a_one_line_error(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _no_aws_env(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -216,20 +291,32 @@ def test_missing_region_is_a_one_line_error(
 
 
 def test_unknown_profile_is_a_one_line_error(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _no_aws_env(monkeypatch, tmp_path)
-    assert deploy.main(["status", "--stack-name", "mel", "--profile", "nope", "--region", REGION]) != 0
+    assert (
+        deploy.main(["status", "--stack-name", "mel", "--profile", "nope", "--region", REGION]) != 0
+    )
     _assert_one_line_error(capsys, "nope")
 
 
-@pytest.mark.parametrize(("name", "sidecar", "words"), [
-    ("model.onnx", True, "external weights"),
-    ("model.ckpt", False, ".onnx"),
-    ("missing.onnx", None, "not found"),
-])
+@pytest.mark.parametrize(
+    ("name", "sidecar", "words"),
+    [
+        ("model.onnx", True, "external weights"),
+        ("model.ckpt", False, ".onnx"),
+        ("missing.onnx", None, "not found"),
+    ],
+)
 def test_deploy_refuses_a_model_the_host_could_not_load(
-        aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        name: str, sidecar: bool | None, words: str) -> None:
+    aws: None,
+    source_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    sidecar: bool | None,
+    words: str,
+) -> None:
     model = tmp_path / name
     if sidecar is not None:
         model.write_bytes(b"x")
@@ -240,7 +327,9 @@ def test_deploy_refuses_a_model_the_host_could_not_load(
     assert boto3.client("cloudformation", region_name=REGION).list_stacks()["StackSummaries"] == []
 
 
-def test_bundle_refuses_a_tree_without_the_app(aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bundle_refuses_a_tree_without_the_app(
+    aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "empty").mkdir()
     assert _deploy(tmp_path / "empty", _model(tmp_path)) != 0
     _assert_one_line_error(capsys, "webapp", "--source-dir")
@@ -249,6 +338,10 @@ def test_bundle_refuses_a_tree_without_the_app(aws: None, tmp_path: Path, capsys
 def test_every_flag_has_help() -> None:
     parser = deploy._parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
-    missing = [f"{name} {a.option_strings}" for name, sub in subparsers.items() for a in sub._actions
-               if a.option_strings and not a.help]
+    missing = [
+        f"{name} {a.option_strings}"
+        for name, sub in subparsers.items()
+        for a in sub._actions
+        if a.option_strings and not a.help
+    ]
     assert missing == []

@@ -1,5 +1,6 @@
 """On-host setup: scripts pass shellcheck, rendered configs pass nginx and systemd, and the
 nginx site enforces its limits on a real nginx (no app behind it)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -39,38 +40,51 @@ def _directives(text: str) -> dict[str, list[str]]:
 
 # --- shellcheck -----------------------------------------------------------------------
 
+
 def test_there_are_shell_scripts_to_check() -> None:
     assert {p.name for p in SHELL_SCRIPTS} >= {"bootstrap.sh", "verify-model.sh"}
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
 def test_shell_script_passes_shellcheck_and_is_strict(script: Path) -> None:
-    result = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["shellcheck", "--severity=style", str(script)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout
     assert "set -euo pipefail" in script.read_text(encoding="utf-8")
 
 
 def test_shellcheck_catches_an_unquoted_variable(tmp_path: Path) -> None:
     script = tmp_path / "bad.sh"
-    script.write_text('#!/bin/bash\nrm -rf $1/cache\n', encoding="utf-8")
+    script.write_text("#!/bin/bash\nrm -rf $1/cache\n", encoding="utf-8")
     result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "SC2086" in result.stdout
 
 
 # --- rendering ------------------------------------------------------------------------
 
+
 def test_render_cli_writes_unit_env_and_site(tmp_path: Path) -> None:
     assert render.main(["--out", str(tmp_path), "--model-sha256", SHA]) == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"melanoma.service", "melanoma.env", "melanoma-nginx.conf"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "melanoma.service",
+        "melanoma.env",
+        "melanoma-nginx.conf",
+    }
     assert not re.search(r"@[A-Z0-9_]+@", (tmp_path / "melanoma-nginx.conf").read_text())
 
 
-@pytest.mark.parametrize(("overrides", "words"), [
-    ({"model_sha256": "abc"}, "64 lowercase hex"),
-    ({"bind": "127.0.0.1:8000; evil"}, "bind"),
-    ({"timeout": 120, "proxy_read_timeout": 60}, "proxy_read_timeout"),
-])
-def test_render_refuses_values_that_would_break_a_config(tmp_path: Path, overrides: dict[str, object], words: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"model_sha256": "abc"}, "64 lowercase hex"),
+        ({"bind": "127.0.0.1:8000; evil"}, "bind"),
+        ({"timeout": 120, "proxy_read_timeout": 60}, "proxy_read_timeout"),
+    ],
+)
+def test_render_refuses_values_that_would_break_a_config(
+    tmp_path: Path, overrides: dict[str, object], words: str
+) -> None:
     with pytest.raises(RenderError, match=words):
         render.render_all(_local_config(**overrides), tmp_path)
 
@@ -96,23 +110,33 @@ def test_unit_is_hardened_sized_for_one_gib_and_logs_to_the_journal(tmp_path: Pa
     assert unit["ProtectSystem"] == ["strict"]
     assert unit["CapabilityBoundingSet"] == [""]
     mebibytes = {k: int(unit[k][0].rstrip("M")) for k in ("MemoryHigh", "MemoryMax")}
-    assert mebibytes["MemoryHigh"] < mebibytes["MemoryMax"] <= 800  # leaves room for the OS on 1 GiB
+    assert (
+        mebibytes["MemoryHigh"] < mebibytes["MemoryMax"] <= 800
+    )  # leaves room for the OS on 1 GiB
     assert unit["StandardOutput"] == ["journal"] and unit["StandardError"] == ["journal"]
-    assert unit["ExecStartPre"] == [f"/bin/bash {REPO}/infra/host/verify-model.sh "
-                                    f"/opt/melanoma/models/current.onnx {SHA}"]
-    assert unit["ExecStart"] == [f"{sys.prefix}/bin/gunicorn -c {REPO}/gunicorn.conf.py webapp.wsgi:app"]
+    assert unit["ExecStartPre"] == [
+        f"/bin/bash {REPO}/infra/host/verify-model.sh /opt/melanoma/models/current.onnx {SHA}"
+    ]
+    assert unit["ExecStart"] == [
+        f"{sys.prefix}/bin/gunicorn -c {REPO}/gunicorn.conf.py webapp.wsgi:app"
+    ]
 
 
 # --- systemd-analyze verify --------------------------------------------------------------
 
+
 def _systemd_verify(unit: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_systemd_analyze_verify_accepts_the_rendered_unit_silently(tmp_path: Path) -> None:
     unit = render.render_all(_local_config(), tmp_path)[render.UNIT_NAME]
     result = _systemd_verify(unit)
-    assert result.returncode == 0 and (result.stdout + result.stderr).strip() == "", result.stdout + result.stderr
+    assert result.returncode == 0 and (result.stdout + result.stderr).strip() == "", (
+        result.stdout + result.stderr
+    )
 
 
 @pytest.mark.parametrize("breakage", ["MemoryMax=lots", "ProtectSytem=strict"])
@@ -125,9 +149,12 @@ def test_systemd_analyze_verify_reports_a_broken_unit(tmp_path: Path, breakage: 
 
 # --- nginx -t ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("proxy_cidr", ["", "10.0.0.0/16"], ids=["single", "behind-alb"])
 def test_nginx_accepts_the_rendered_site_without_warnings(tmp_path: Path, proxy_cidr: str) -> None:
-    site = render.render_all(_local_config(trusted_proxy_cidr=proxy_cidr), tmp_path / "etc")[render.SITE_NAME]
+    site = render.render_all(_local_config(trusted_proxy_cidr=proxy_cidr), tmp_path / "etc")[
+        render.SITE_NAME
+    ]
     rc, output = rehearsal.check_nginx(rehearsal.write_nginx_conf(site, tmp_path / "nginx"))
     assert rc == 0 and "test is successful" in output, output
     assert "[warn]" not in output and "[emerg]" not in output, output
@@ -142,10 +169,18 @@ def test_nginx_rejects_a_broken_site(tmp_path: Path) -> None:
 
 # --- the site's behaviour on a real nginx, with nothing listening behind it -----------------
 
-def _request(port: int, method: str, path: str, body: bytes | None = None, source: str = "127.0.0.1") -> tuple[int, bytes]:
+
+def _request(
+    port: int, method: str, path: str, body: bytes | None = None, source: str = "127.0.0.1"
+) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
     try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/octet-stream"} if body else {})
+        conn.request(
+            method,
+            path,
+            body=body,
+            headers={"Content-Type": "application/octet-stream"} if body else {},
+        )
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -159,9 +194,14 @@ def bare_nginx(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     static.mkdir()
     (static / "probe.txt").write_text("served by nginx\n")
     port = rehearsal.free_port()
-    config = _local_config(listen=f"127.0.0.1:{port}", bind=f"127.0.0.1:{rehearsal.free_port()}",
-                           static_dir=str(static), access_log=str(root / "access.log"),
-                           predict_rate_per_minute=6, predict_burst=2)
+    config = _local_config(
+        listen=f"127.0.0.1:{port}",
+        bind=f"127.0.0.1:{rehearsal.free_port()}",
+        static_dir=str(static),
+        access_log=str(root / "access.log"),
+        predict_rate_per_minute=6,
+        predict_burst=2,
+    )
     site = render.render_all(config, root / "etc")[render.SITE_NAME]
     with rehearsal.running_nginx(rehearsal.write_nginx_conf(site, root / "nginx"), port):
         yield port
@@ -182,8 +222,13 @@ def test_nginx_refuses_metrics_to_anyone_but_loopback(bare_nginx: int) -> None:
 
 
 def test_nginx_refuses_an_upload_over_the_apps_limit(bare_nginx: int) -> None:
-    status, body = _request(bare_nginx, "POST", "/api/v1/predict",
-                            body=b"\0" * (16 * 1024 * 1024 + 1), source="127.0.0.3")
+    status, body = _request(
+        bare_nginx,
+        "POST",
+        "/api/v1/predict",
+        body=b"\0" * (16 * 1024 * 1024 + 1),
+        source="127.0.0.3",
+    )
     assert status == 413
     assert json.loads(body)["error"] == "request_entity_too_large"
 
@@ -204,7 +249,11 @@ def test_verify_model_script_accepts_the_right_hash_and_refuses_another(tmp_path
     model = tmp_path / "m.onnx"
     model.write_bytes(b"model")
     script = str(REPO / "infra" / "host" / "verify-model.sh")
-    good = subprocess.run(["bash", script, str(model), SHA], capture_output=True, text=True, timeout=30)
-    bad = subprocess.run(["bash", script, str(model), "0" * 64], capture_output=True, text=True, timeout=30)
+    good = subprocess.run(
+        ["bash", script, str(model), SHA], capture_output=True, text=True, timeout=30
+    )
+    bad = subprocess.run(
+        ["bash", script, str(model), "0" * 64], capture_output=True, text=True, timeout=30
+    )
     assert good.returncode == 0
     assert bad.returncode != 0 and "mismatch" in bad.stderr

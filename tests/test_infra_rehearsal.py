@@ -1,6 +1,7 @@
 """Rehearse the host on loopback: render the configs, check the model's hash as the unit
 does, start gunicorn with the unit's command and real nginx in front, and send a real
 prediction through nginx."""
+
 from __future__ import annotations
 
 import http.client
@@ -33,8 +34,14 @@ class Host:
     access_log: Path
 
 
-def _request(port: int, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None, source: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+def _request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    source: str = "127.0.0.1",
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60, source_address=(source, 0))
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -46,13 +53,24 @@ def _request(port: int, method: str, path: str, body: bytes | None = None,
 
 def _multipart(field: str, filename: str, content: bytes, content_type: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
 def _env_file(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return dict(
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
 
 
 def _unit_command(unit: Path, key: str) -> list[str]:
@@ -76,26 +94,41 @@ def host(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     root = tmp_path_factory.mktemp("rehearsal")
     port, app_port = rehearsal.free_port(), rehearsal.free_port()
     access_log = root / "access.log"
-    config = HostConfig(model_sha256=sha256_file(tiny_onnx_model), app_dir=str(REPO), venv_dir=sys.prefix,
-                        model_path=str(tiny_onnx_model), bind=f"127.0.0.1:{app_port}",
-                        listen=f"127.0.0.1:{port}", access_log=str(access_log))
+    config = HostConfig(
+        model_sha256=sha256_file(tiny_onnx_model),
+        app_dir=str(REPO),
+        venv_dir=sys.prefix,
+        model_path=str(tiny_onnx_model),
+        bind=f"127.0.0.1:{app_port}",
+        listen=f"127.0.0.1:{port}",
+        access_log=str(access_log),
+    )
     files = render.render_all(config, root / "etc")
     unit = files[render.UNIT_NAME]
 
     # ExecStartPre exactly as systemd would run it: the model must match its shipped hash.
-    verify = subprocess.run(_unit_command(unit, "ExecStartPre"), capture_output=True, text=True, timeout=60)
+    verify = subprocess.run(
+        _unit_command(unit, "ExecStartPre"), capture_output=True, text=True, timeout=60
+    )
     assert verify.returncode == 0, verify.stderr
 
     # ExecStart with this interpreter in place of the venv's gunicorn script.
     start = _unit_command(unit, "ExecStart")
     assert start[0] == f"{sys.prefix}/bin/gunicorn"
-    env = {**os.environ, **_env_file(files[render.ENV_NAME]),
-           "MELANOMA_SECRET_KEY": secrets.token_hex(16)}
+    env = {
+        **os.environ,
+        **_env_file(files[render.ENV_NAME]),
+        "MELANOMA_SECRET_KEY": secrets.token_hex(16),
+    }
     log = (root / "gunicorn.log").open("wb")
     gunicorn = [sys.executable, "-m", "gunicorn", *start[1:]]
     nginx_conf = rehearsal.write_nginx_conf(files[render.SITE_NAME], root / "nginx")
-    with rehearsal.running(gunicorn, app_port, timeout=60, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), \
-            rehearsal.running_nginx(nginx_conf, port):
+    with (
+        rehearsal.running(
+            gunicorn, app_port, timeout=60, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        ),
+        rehearsal.running_nginx(nginx_conf, port),
+    ):
         try:
             _wait_ready(port, timeout=90)
             yield Host(port=port, app_port=app_port, access_log=access_log)
@@ -105,8 +138,13 @@ def host(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def test_prediction_goes_through_nginx_end_to_end(host: Host, lesion_jpeg_bytes: bytes) -> None:
     body, content_type = _multipart("image", "lesion.jpg", lesion_jpeg_bytes, "image/jpeg")
-    status, headers, raw = _request(host.port, "POST", "/api/v1/predict", body=body,
-                                    headers={"Content-Type": content_type, "Accept": "application/json"})
+    status, headers, raw = _request(
+        host.port,
+        "POST",
+        "/api/v1/predict",
+        body=body,
+        headers={"Content-Type": content_type, "Accept": "application/json"},
+    )
     assert status == 200, raw[:500]
     assert headers["content-type"].startswith("application/json")
     assert headers.get("server") == "nginx"  # server_tokens off: no version

@@ -1,4 +1,5 @@
 """CloudFormation templates: lint clean, and the security promises hold in the YAML itself."""
+
 from __future__ import annotations
 
 import re
@@ -45,7 +46,9 @@ def _load(path: Path) -> dict[str, Any]:
 def _cfn_lint(path: Path) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("cfn-lint")
     command = [str(exe)] if exe.exists() else [shutil.which("cfn-lint") or "cfn-lint"]
-    return subprocess.run([*command, "--format", "parseable", str(path)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*command, "--format", "parseable", str(path)], capture_output=True, text=True, timeout=120
+    )
 
 
 def _resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -68,7 +71,9 @@ def test_cfn_lint_fails_a_template_with_only_a_warning(tmp_path: Path) -> None:
     template.write_text(
         "AWSTemplateFormatVersion: '2010-09-09'\n"
         "Parameters:\n  Unused: {Type: String, Default: x, Description: never referenced}\n"
-        "Resources:\n  Topic: {Type: AWS::SNS::Topic}\n", encoding="utf-8")
+        "Resources:\n  Topic: {Type: AWS::SNS::Topic}\n",
+        encoding="utf-8",
+    )
     result = _cfn_lint(template)
     assert result.returncode != 0 and "W2001" in result.stdout
 
@@ -79,9 +84,15 @@ def test_infra_holds_no_ami_ids_account_ids_or_keys() -> None:
         if not path.is_file() or "__pycache__" in path.parts:
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
-        for pattern in (r"\bami-[0-9a-f]{8,17}\b", r"(?<![0-9a-f-])\d{12}(?![0-9])", r"AKIA[0-9A-Z]{16}",
-                        r"(?i)aws_secret_access_key\s*=\s*\S+"):
-            offenders += [f"{path.relative_to(REPO)}: {m.group(0)}" for m in re.finditer(pattern, text)]
+        for pattern in (
+            r"\bami-[0-9a-f]{8,17}\b",
+            r"(?<![0-9a-f-])\d{12}(?![0-9])",
+            r"AKIA[0-9A-Z]{16}",
+            r"(?i)aws_secret_access_key\s*=\s*\S+",
+        ):
+            offenders += [
+                f"{path.relative_to(REPO)}: {m.group(0)}" for m in re.finditer(pattern, text)
+            ]
     assert offenders == []
 
 
@@ -103,40 +114,59 @@ def test_single_instance_defaults_to_t2_micro_with_credit_mode_parameter() -> No
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
 def test_hosts_require_imdsv2_and_encrypt_the_root_volume(path: Path) -> None:
     template = _load(path)
-    (data,) = [lt["Properties"]["LaunchTemplateData"]
-               for lt in _resources(template, "AWS::EC2::LaunchTemplate").values()]
+    (data,) = [
+        lt["Properties"]["LaunchTemplateData"]
+        for lt in _resources(template, "AWS::EC2::LaunchTemplate").values()
+    ]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
-    mappings = data.get("BlockDeviceMappings") or template["Resources"]["Instance"]["Properties"]["BlockDeviceMappings"]
+    mappings = (
+        data.get("BlockDeviceMappings")
+        or template["Resources"]["Instance"]["Properties"]["BlockDeviceMappings"]
+    )
     assert all(m["Ebs"]["Encrypted"] is True for m in mappings)
 
 
 def test_single_instance_opens_only_http_https_and_ssh_is_off_by_default() -> None:
     template = _load(SINGLE)
     group = template["Resources"]["WebSecurityGroup"]["Properties"]
-    assert sorted((r["FromPort"], r["ToPort"], r["CidrIp"]) for r in group["SecurityGroupIngress"]) == [
-        (80, 80, "0.0.0.0/0"), (443, 443, "0.0.0.0/0")]
+    assert sorted(
+        (r["FromPort"], r["ToPort"], r["CidrIp"]) for r in group["SecurityGroupIngress"]
+    ) == [(80, 80, "0.0.0.0/0"), (443, 443, "0.0.0.0/0")]
     assert template["Parameters"]["SshCidr"]["Default"] == ""
     ssh = template["Resources"]["SshIngress"]
     assert ssh["Condition"] == "HasSshCidr" and ssh["Properties"]["FromPort"] == 22
-    assert template["Conditions"]["HasSshCidr"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "SshCidr"}, ""]}]}
+    assert template["Conditions"]["HasSshCidr"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "SshCidr"}, ""]}]
+    }
 
 
 def test_scale_out_hosts_take_traffic_only_from_the_load_balancer() -> None:
     template = _load(SCALE_OUT)
     (rule,) = template["Resources"]["HostSecurityGroup"]["Properties"]["SecurityGroupIngress"]
     assert rule["FromPort"] == 80 and rule["SourceSecurityGroupId"] == {
-        "Fn::GetAtt": ["LoadBalancerSecurityGroup", "GroupId"]}
+        "Fn::GetAtt": ["LoadBalancerSecurityGroup", "GroupId"]
+    }
 
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
 def test_instance_role_reads_only_its_own_artifacts(path: Path) -> None:
     role = _load(path)["Resources"]["InstanceRole"]["Properties"]
     statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
-    actions = sorted(a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))
-    assert actions == ["cloudformation:DescribeStackResource", "cloudformation:SignalResource", "s3:GetObject"]
+    actions = sorted(
+        a
+        for s in statements
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    )
+    assert actions == [
+        "cloudformation:DescribeStackResource",
+        "cloudformation:SignalResource",
+        "s3:GetObject",
+    ]
     resources = {str(s["Resource"]) for s in statements}
-    assert all("*" not in r or "${ArtifactBucket}/${AWS::StackName}/*" in r for r in resources), resources
+    assert all("*" not in r or "${ArtifactBucket}/${AWS::StackName}/*" in r for r in resources), (
+        resources
+    )
     assert {"Ref": "AWS::StackId"} in [s["Resource"] for s in statements]
 
 
@@ -144,9 +174,16 @@ def test_scale_out_has_asg_bounds_cpu_tracking_health_checks_and_optional_https(
     template = _load(SCALE_OUT)
     params, res = template["Parameters"], template["Resources"]
     group = res["AutoScalingGroup"]["Properties"]
-    assert {group[k]["Ref"] for k in ("MinSize", "MaxSize", "DesiredCapacity")} == {"MinSize", "MaxSize", "DesiredCapacity"}
+    assert {group[k]["Ref"] for k in ("MinSize", "MaxSize", "DesiredCapacity")} == {
+        "MinSize",
+        "MaxSize",
+        "DesiredCapacity",
+    }
     tracking = res["CpuTargetTracking"]["Properties"]["TargetTrackingConfiguration"]
-    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "ASGAverageCPUUtilization"
+    assert (
+        tracking["PredefinedMetricSpecification"]["PredefinedMetricType"]
+        == "ASGAverageCPUUtilization"
+    )
     assert params["HealthCheckPath"]["Default"] == "/healthz"
     assert res["TargetGroup"]["Properties"]["HealthCheckPath"] == {"Ref": "HealthCheckPath"}
     assert params["CertificateArn"]["Default"] == ""
@@ -165,9 +202,13 @@ def _user_data_scripts() -> list[tuple[str, str]]:
     return scripts
 
 
-@pytest.mark.parametrize(("where", "script"), _user_data_scripts(), ids=lambda v: v if ":" in v else "")
+@pytest.mark.parametrize(
+    ("where", "script"), _user_data_scripts(), ids=lambda v: v if ":" in v else ""
+)
 def test_user_data_passes_shellcheck(where: str, script: str) -> None:
     # CloudFormation fills ${Name} before the shell sees it; stand in a plain word.
     shell = re.sub(r"\$\{(?!!)[A-Za-z0-9:.]+\}", "placeholder", script)
-    result = subprocess.run(["shellcheck", "--shell=bash", "-"], input=shell, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["shellcheck", "--shell=bash", "-"], input=shell, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"{where}\n{result.stdout}"

@@ -4,6 +4,7 @@ Runs on the host (system python3, standard library only) from bootstrap.sh, and 
 from the tests, which render into a temporary folder and hand the files to
 `nginx -t`, `systemd-analyze verify` and a loopback rehearsal.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,11 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 UNIT_NAME = "melanoma.service"
 ENV_NAME = "melanoma.env"
 SITE_NAME = "melanoma-nginx.conf"
-_TEMPLATES = {UNIT_NAME: "melanoma.service.in", ENV_NAME: "melanoma.env.in",
-              SITE_NAME: "nginx-site.conf.in"}
+_TEMPLATES = {
+    UNIT_NAME: "melanoma.service.in",
+    ENV_NAME: "melanoma.env.in",
+    SITE_NAME: "nginx-site.conf.in",
+}
 _PLACEHOLDER = re.compile(r"@([A-Z0-9_]+)@")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -65,21 +69,27 @@ class HostConfig:
 
 def _values(config: HostConfig) -> dict[str, str]:
     if not _SHA256.match(config.model_sha256):
-        raise RenderError(f"model_sha256 must be 64 lowercase hex digits, got {config.model_sha256!r}")
+        raise RenderError(
+            f"model_sha256 must be 64 lowercase hex digits, got {config.model_sha256!r}"
+        )
     if config.proxy_read_timeout <= config.timeout:
         # nginx giving up first would answer 504 while the worker still runs the request.
         raise RenderError("proxy_read_timeout must exceed the gunicorn timeout")
     for field in dataclasses.fields(config):
         value = str(getattr(config, field.name))
         if any(ch in value for ch in "\n;{}") or (value != value.strip()):
-            raise RenderError(f"{field.name} holds characters that would break a config file: {value!r}")
+            raise RenderError(
+                f"{field.name} holds characters that would break a config file: {value!r}"
+            )
     values = {f.name.upper(): str(getattr(config, f.name)) for f in dataclasses.fields(config)}
     values["STATIC_DIR"] = config.resolved_static_dir().rstrip("/")
     if config.trusted_proxy_cidr:
         # Behind the load balancer the client is the last X-Forwarded-For hop; without this
         # every client would share the balancer's address in the rate limit.
-        values["REAL_IP"] = (f"    set_real_ip_from {config.trusted_proxy_cidr};\n"
-                             "    real_ip_header X-Forwarded-For;\n")
+        values["REAL_IP"] = (
+            f"    set_real_ip_from {config.trusted_proxy_cidr};\n"
+            "    real_ip_header X-Forwarded-For;\n"
+        )
         values["FORWARDED_PROTO"] = "$http_x_forwarded_proto"
     else:
         values["REAL_IP"] = ""
@@ -110,15 +120,22 @@ def render_all(config: HostConfig, out_dir: Path) -> dict[str, Path]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="folder to write the rendered files into")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="folder to write the rendered files into"
+    )
     for field in dataclasses.fields(HostConfig):
         flag = "--" + field.name.replace("_", "-")
         required = field.default is dataclasses.MISSING
         kind = int if field.type in (int, "int") else str
-        parser.add_argument(flag, type=kind, required=required,
-                            default=None if required else field.default,
-                            help=f"{field.name} (default: {field.default!r})" if not required
-                            else f"{field.name} (required)")
+        parser.add_argument(
+            flag,
+            type=kind,
+            required=required,
+            default=None if required else field.default,
+            help=f"{field.name} (default: {field.default!r})"
+            if not required
+            else f"{field.name} (required)",
+        )
     return parser
 
 
