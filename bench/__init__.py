@@ -1,1 +1,1 @@
-"""Benchmarks: ONNX Runtime serving path vs PyTorch eager (inference.py), and HTTP (http_load.py)."""
+"""Benchmarks: ONNX Runtime vs PyTorch eager (inference.py), and HTTP load (http_load.py)."""

@@ -152,7 +152,8 @@ def _percentile(values: list[float], q: float) -> float:
 def summarise(results: list[dict[str, float]], requests: int) -> dict[str, Any]:
     ok = [r for r in results if r["status"] == 200]
     if not ok:
-        raise LoadTestError(f"no request succeeded; statuses {sorted({r['status'] for r in results})}")
+        statuses = sorted({r["status"] for r in results})
+        raise LoadTestError(f"no request succeeded; statuses {statuses}")
     latencies = [r["latency_s"] for r in ok]
     span = max(r["offset_s"] + r["latency_s"] for r in results) - min(
         r["offset_s"] for r in results)
@@ -167,7 +168,8 @@ def summarise(results: list[dict[str, float]], requests: int) -> dict[str, Any]:
 def format_table(report: dict[str, Any]) -> str:
     return "\n".join([
         f"gunicorn 1 worker ({report['threads']} threads), {report['requests']} requests from "
-        f"{report['concurrency']} connections, TTA {report['tta']}, upload {report['upload_bytes']} B",
+        f"{report['concurrency']} connections, TTA {report['tta']}, "
+        f"upload {report['upload_bytes']} B",
         "", "| throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | errors | "
         "worker RSS steady / peak (MiB) | ready after (s) |",
         "|---:|---:|---:|---:|---:|---:|---:|",

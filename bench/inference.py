@@ -121,7 +121,7 @@ def compare(case: dict[str, Any], peak_gflops: float) -> dict[str, Any]:
             "peak_rss_ratio": base["peak_rss_mib"] / ours["peak_rss_mib"],
             "max_abs_diff_probability": max(
                 abs(a - b) for a, b in zip(base["view_probabilities"],
-                                           ours["view_probabilities"])),
+                                           ours["view_probabilities"], strict=True)),
         }
     return result
 
@@ -164,9 +164,11 @@ def format_table(report: dict[str, Any]) -> str:
         label = f"{case['input_size']} px, {case['views']} views"
         ours, pv, bt = (paths[p] for p in PATHS)
 
-        def row(metric: str, key: str, scale: float, fmt: str, ratio: str | None) -> None:
-            values = [f"{p[key] * scale:{fmt}}" for p in (ours, pv, bt)]
-            ratios = [f"{cmp[b][ratio]:.2f}x" if ratio else "" for b in BASELINES]
+        def row(metric: str, key: str, scale: float, fmt: str, ratio: str | None,
+                case: dict[str, Any] = case, label: str = label) -> None:
+            values = [f"{case['paths'][p][key] * scale:{fmt}}" for p in PATHS]
+            ratios = [f"{case['comparison'][b][ratio]:.2f}x" if ratio else ""
+                      for b in BASELINES]
             lines.append(f"| {label} | {metric} | " + " | ".join(values + ratios) + " |")
 
         row("latency median (ms)", "latency_median_s", 1000, ".0f", "latency_ratio")
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo_dir:
         pairs = build_demo_models(args.demo_dir, args.sizes)
     elif args.model and len(args.model) == len(args.checkpoint):
-        pairs = list(zip(args.model, args.checkpoint))
+        pairs = list(zip(args.model, args.checkpoint, strict=True))
     else:
         parser.error("give --demo-dir, or one --checkpoint for each --model")
     with tempfile.TemporaryDirectory() as scratch:

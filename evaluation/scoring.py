@@ -35,7 +35,7 @@ def score_files(classifier: Classifier, images: Sequence[tuple[str, Path]],
     """Run every image through `predict` once per policy, with a progress bar on stderr."""
     policies = tuple(policies)
     results: dict[str, list[float]] = {policy: [] for policy in policies}
-    for name, path in tqdm(images, desc="scoring", unit="image", disable=not progress):
+    for _, path in tqdm(images, desc="scoring", unit="image", disable=not progress):
         data = path.read_bytes()
         for policy in policies:
             try:
@@ -50,7 +50,8 @@ def score_files(classifier: Classifier, images: Sequence[tuple[str, Path]],
 def write_submission(path: Path, names: Sequence[str], probabilities: Sequence[float]) -> None:
     """The competition's format: `image_name,target`, target a probability."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["image_name,target"] + [f"{name},{p:.8f}" for name, p in zip(names, probabilities)]
+    rows = zip(names, probabilities, strict=True)
+    lines = ["image_name,target"] + [f"{name},{p:.8f}" for name, p in rows]
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text("\n".join(lines) + "\n")
     partial.replace(path)

@@ -28,7 +28,8 @@ def test_split_model_predicts_bit_identically_and_keeps_its_spec(tiny_onnx_model
     assert a.heatmap_png == b.heatmap_png
     original = onnx.load(str(tiny_onnx_model))
     reloaded = onnx.load(str(split))
-    for left, right in zip(original.graph.initializer, reloaded.graph.initializer):
+    for left, right in zip(original.graph.initializer, reloaded.graph.initializer,
+                           strict=True):
         assert np.array_equal(onnx.numpy_helper.to_array(left),
                               onnx.numpy_helper.to_array(right))
 

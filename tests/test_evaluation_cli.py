@@ -33,7 +33,7 @@ def labelled_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     with labels.open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["image_name", "patient_id", "sex", "target"])
-        for index, (name, target) in enumerate(zip(NAMES, TARGETS)):
+        for index, (name, target) in enumerate(zip(NAMES, TARGETS, strict=True)):
             writer.writerow([name, f"IP_{index // 2}", "female", target])
     return labels, folder
 
