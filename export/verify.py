@@ -28,7 +28,7 @@ class Parity:
     tolerance_probability: float
     tolerance_feature: float
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | list[int]]:
         return {k: float(v) for k, v in self.__dict__.items()} | {
             "batch_sizes": list(PARITY_BATCH_SIZES)}
 

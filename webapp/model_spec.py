@@ -57,7 +57,7 @@ class ModelSpec:
     checkpoint_name: str = ""
     checkpoint_format: str = ""
     tool_versions: Mapping[str, str] = field(default_factory=dict)
-    parity: Mapping[str, float] = field(default_factory=dict)
+    parity: Mapping[str, float | list[int]] = field(default_factory=dict)
     created: str = ""
     provenance: str = ""
     schema_version: int = SCHEMA_VERSION
