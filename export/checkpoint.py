@@ -35,11 +35,8 @@ class LoadedCheckpoint:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def load_checkpoint(path: Path, allow_unsafe_pickle: bool = False) -> LoadedCheckpoint:
