@@ -10,7 +10,8 @@ BIND ?= 127.0.0.1:8000
 ## serve: install, build the demo model once, start gunicorn on $(BIND)
 serve: setup model
 	MELANOMA_SECRET_KEY="$${MELANOMA_SECRET_KEY:-$$($(PY) -c 'import secrets; print(secrets.token_hex(32))')}" \
-	MELANOMA_BIND="$(BIND)" exec $(VENV)/bin/gunicorn -c gunicorn.conf.py
+	MELANOMA_BIND="$(BIND)" MELANOMA_MODEL_CACHE_DIR="$${MELANOMA_MODEL_CACHE_DIR:-.cache/models}" \
+	exec $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 ## test: install system and Python packages, then run the whole suite
 test: system-packages setup

@@ -51,7 +51,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     imported = time.time()
     data = args.image.read_bytes()
     policy = POLICY_FOR_VIEWS[args.views]
-    model = Classifier(args.model, intra_op_threads=1)
+    model = Classifier(args.model, intra_op_threads=1, cache_dir=args.cache_dir)
     loaded = time.time()
     first = model.predict(data, policy=policy, want_heatmap=False)
     cold = time.time() - (args.spawned_at or STARTED)
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spawned-at", type=float, default=None,
                         help="the parent's time.time() just before it started this process")
     parser.add_argument("--matrix-size", type=int, default=2048, help="GEMM side for peak")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="ours: the server's optimised-graph cache (MODEL_CACHE_DIR)")
     args = parser.parse_args(argv)
     if args.kind == "ours":
         result = run_ours(args)

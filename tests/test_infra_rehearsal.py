@@ -32,6 +32,7 @@ class Host:
     port: int
     app_port: int
     access_log: Path
+    model_cache: Path
 
 
 def _request(
@@ -102,6 +103,7 @@ def host(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         bind=f"127.0.0.1:{app_port}",
         listen=f"127.0.0.1:{port}",
         access_log=str(access_log),
+        model_cache_dir=str(root / "cache"),
     )
     files = render.render_all(config, root / "etc")
     unit = files[render.UNIT_NAME]
@@ -131,7 +133,8 @@ def host(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ):
         try:
             _wait_ready(port, timeout=90)
-            yield Host(port=port, app_port=app_port, access_log=access_log)
+            yield Host(port=port, app_port=app_port, access_log=access_log,
+                       model_cache=root / "cache")
         finally:
             log.close()
 
@@ -157,6 +160,10 @@ def test_prediction_goes_through_nginx_end_to_end(host: Host, lesion_jpeg_bytes:
 def test_health_and_readiness_answer_through_nginx(host: Host) -> None:
     assert _request(host.port, "GET", "/healthz")[0] == 200
     assert _request(host.port, "GET", "/readyz")[0] == 200
+
+
+def test_the_service_saved_its_optimised_graph_where_the_env_file_says(host: Host) -> None:
+    assert [p.suffix for p in host.model_cache.iterdir()] == [".ort"]
 
 
 def test_static_files_come_from_nginx_not_the_app(host: Host) -> None:

@@ -32,7 +32,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                          wait_timeout=float(app.config["QUEUE_TIMEOUT"]))
     model = Classifier(Path(app.config["MODEL_PATH"]),
                        intra_op_threads=int(app.config["INTRA_OP_THREADS"]),
-                       max_image_pixels=int(app.config["MAX_IMAGE_PIXELS"]), gate=gate)
+                       max_image_pixels=int(app.config["MAX_IMAGE_PIXELS"]), gate=gate,
+                       cache_dir=_optional_path(app.config["MODEL_CACHE_DIR"]))
     model.warm_up()
     app.extensions["classifier"] = model
 
@@ -49,3 +50,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     responses.init_app(app)
     security.init_app(app)
     return app
+
+
+def _optional_path(value: object) -> Path | None:
+    return Path(str(value)) if value else None

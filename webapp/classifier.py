@@ -1,7 +1,6 @@
 """Own the ONNX Runtime session and the model spec; turn uploaded bytes into a Prediction."""
 from __future__ import annotations
 
-import ctypes
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,17 +11,11 @@ import onnxruntime as ort
 
 from webapp import heatmap, preprocess, tta
 from webapp.admission import InferenceGate
+from webapp.errors import ModelLoadError
+from webapp.session import open_session
 from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, ModelSpec, SpecError,
                                decode_cam_weights, melanoma_probabilities,
                                spec_from_metadata)
-
-
-_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
-_MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own initial value, kept fixed
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be served: missing, unreadable, or its spec contradicts its graph."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +51,11 @@ class Classifier:
 
     def __init__(self, model_path: Path, intra_op_threads: int = 1,
                  max_image_pixels: int = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
-                 gate: InferenceGate | None = None) -> None:
+                 gate: InferenceGate | None = None, cache_dir: Path | None = None) -> None:
         self.model_path = Path(model_path)
         self.max_image_pixels = max_image_pixels
         self.gate = gate or InferenceGate()
-        self._session = _open_session(self.model_path, intra_op_threads)
+        self._session = open_session(self.model_path, intra_op_threads, cache_dir)
         metadata = self._session.get_modelmeta().custom_metadata_map
         try:
             self.spec = spec_from_metadata(metadata)
@@ -147,36 +140,6 @@ class Classifier:
 
 def _ms(start: float, end: float) -> float:
     return round((end - start) * 1000.0, 2)
-
-
-def _open_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path} (build the default with "
-                             "`make model`, or export yours with export/to_onnx.py)")
-    _return_large_frees_to_os()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises untyped errors for unreadable files
-        raise ModelLoadError(f"{path} is not a loadable ONNX model: "
-                             f"{str(error).splitlines()[0]}") from None
-
-
-def _return_large_frees_to_os() -> None:
-    # Loading parses the whole protobuf (one copy of the weights) and then copies every
-    # initializer into the session (a second). glibc's dynamic mmap threshold grows past
-    # those sizes after the first large free, so the freed copy stays in the brk heap and
-    # RSS never drops (about 360 MB instead of 170 MB for resnest50 fp32). A fixed
-    # threshold gives each large buffer its own mapping, returned to the OS when freed.
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: its allocator has its own policy
-    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 def _check_graph_matches_spec(session: ort.InferenceSession, spec: ModelSpec,

@@ -13,6 +13,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": DEFAULT_MAX_IMAGE_PIXELS,
     "INTRA_OP_THREADS": 1,
+    # Where optimised graphs are kept between starts (webapp/session.py); None: no cache.
+    "MODEL_CACHE_DIR": None,
     "MAX_RUNNING": 1,
     "MAX_WAITING": 4,
     "QUEUE_TIMEOUT": 10.0,

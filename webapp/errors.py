@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 
+class ModelLoadError(RuntimeError):
+    """The model cannot be served: missing, unreadable, or its spec contradicts its graph."""
+
+
 class ClientError(Exception):
     """A request the server refuses; `message` is safe to show to the user."""
 

@@ -50,6 +50,8 @@ class HostConfig:
     # One number feeds both Flask's MAX_CONTENT_LENGTH and nginx's client_max_body_size.
     max_body_bytes: int = 16 * 1024 * 1024
     intra_op_threads: int = 1
+    # systemd's CacheDirectory=melanoma in the unit; elsewhere (a rehearsal) any writable path.
+    model_cache_dir: str = "/var/cache/melanoma"
     # nginx limits each client on the predict routes; the app only ever sees 127.0.0.1, so a
     # per-address limit there would be one bucket shared by every visitor. 0 turns it off.
     app_rate_per_minute: int = 0
