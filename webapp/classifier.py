@@ -12,10 +12,10 @@ import onnxruntime as ort
 from webapp import heatmap, preprocess, tta
 from webapp.admission import InferenceGate
 from webapp.errors import ModelLoadError
-from webapp.session import open_session
 from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, ModelSpec, SpecError,
                                decode_cam_weights, melanoma_probabilities,
                                spec_from_metadata)
+from webapp.session import open_session
 
 
 @dataclass(frozen=True)
