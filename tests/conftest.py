@@ -55,7 +55,7 @@ def full_demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def app(tiny_onnx_model: Path) -> Iterator[Flask]:
-    from webapp import create_app
+    from webapp.app import create_app
 
     yield create_app({"TESTING": True, "MODEL_PATH": str(tiny_onnx_model),
                       "WTF_CSRF_ENABLED": False})

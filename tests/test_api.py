@@ -108,7 +108,7 @@ def test_bad_options_are_400_with_a_reason(client: FlaskClient, lesion_jpeg_byte
 
 
 def test_oversized_body_is_413_json(tiny_onnx_model: Path) -> None:
-    from webapp import create_app
+    from webapp.app import create_app
 
     app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_onnx_model),
                       "MAX_CONTENT_LENGTH": 100_000})

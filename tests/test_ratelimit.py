@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from webapp import create_app
+from webapp.app import create_app
 from webapp.ratelimit import MAX_CLIENTS, RateLimiter
 
 

@@ -14,7 +14,7 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from tests.live_server import REPO
-from webapp import create_app
+from webapp.app import create_app
 from webapp.config import ConfigError
 
 TEMPLATES = REPO / "webapp" / "templates"

@@ -40,7 +40,7 @@ def _big_upload() -> dict[str, object]:
 
 def test_large_upload_never_touches_a_temporary_file(
         tiny_onnx_model: Path, no_temp_files: list[str]) -> None:
-    from webapp import create_app
+    from webapp.app import create_app
 
     app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_onnx_model)})
     response = app.test_client().post("/api/v1/predict", data=_big_upload())
@@ -50,7 +50,7 @@ def test_large_upload_never_touches_a_temporary_file(
 
 def test_the_check_above_catches_werkzeugs_default_spooling(
         tiny_onnx_model: Path, no_temp_files: list[str]) -> None:
-    from webapp import create_app
+    from webapp.app import create_app
 
     app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_onnx_model)})
     app.request_class = flask.Request  # what a stock Flask app does

@@ -44,7 +44,7 @@ def test_result_page_shows_probability_label_spread_heatmap_and_model(
 
 def test_demo_models_get_a_prominent_banner(tmp_path: Path, lesion_jpeg_bytes: bytes) -> None:
     from tests.conftest import export_tiny
-    from webapp import create_app
+    from webapp.app import create_app
 
     demo = export_tiny(tmp_path, "demo", demo=True)
     client = create_app({"TESTING": True, "MODEL_PATH": str(demo),
@@ -82,7 +82,7 @@ def test_form_rerenders_with_the_reason_on_bad_uploads(
 
 
 def test_form_requires_a_csrf_token(tiny_onnx_model: Path, lesion_jpeg_bytes: bytes) -> None:
-    from webapp import create_app
+    from webapp.app import create_app
 
     client = create_app({"TESTING": True, "MODEL_PATH": str(tiny_onnx_model)}).test_client()
     refused = client.post("/predict", data=_upload(lesion_jpeg_bytes),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from webapp import create_app
+from webapp.app import create_app
 from webapp.classifier import ModelLoadError
 from webapp.config import ConfigError
 
