@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from tests import images
@@ -106,8 +105,12 @@ def test_static_stylesheet_is_served(client: FlaskClient) -> None:
     assert client.get("/static/style.css").status_code == 200
 
 
-def test_app_factory_shares_one_classifier(app: Flask) -> None:
-    from webapp import api, views
-
-    with app.app_context():
-        assert views.classifier() is api.classifier() is app.extensions["classifier"]
+def test_form_and_api_give_the_same_answer(client: FlaskClient,
+                                           lesion_jpeg_bytes: bytes) -> None:
+    api = client.post("/api/v1/predict", data=_upload(lesion_jpeg_bytes, tta="none")).get_json()
+    page = client.post("/predict", data=_upload(lesion_jpeg_bytes, tta="none"),
+                       content_type="multipart/form-data").get_data(as_text=True)
+    shown = re.search(r'<data class="probability" value="([0-9.e-]+)">', page)
+    assert shown is not None
+    assert float(shown.group(1)) == pytest.approx(api["probability"], abs=1e-6)
+    assert f"<strong>{api['label']}</strong>" in page

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from webapp.classifier import Prediction
+from webapp.model_spec import ModelSpec
+from webapp.service import Analysis, current_service
 from webapp.uploads import read_flag, read_image
-from webapp.views import classifier
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -20,24 +20,23 @@ DISCLAIMER = ("Research demo, not a medical device and not a diagnosis. Any conc
 def predict() -> Response:
     policy = request.values.get("tta") or current_app.config["DEFAULT_TTA"]
     want_heatmap = read_flag(request, "heatmap", False)
-    prediction = classifier().predict(read_image(request), policy=policy,
-                                      want_heatmap=want_heatmap)
-    response = jsonify(serialise(prediction))
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    service = current_service()
+    analysis = service.predict(read_image(request), policy, want_heatmap=want_heatmap)
+    return jsonify(serialise(analysis, service.spec))
 
 
 @bp.get("/model")
 def model() -> Response:
-    return jsonify(classifier().spec.as_dict())
+    return jsonify(current_service().spec.as_dict())
 
 
-def serialise(prediction: Prediction) -> dict[str, Any]:
+def serialise(analysis: Analysis, spec: ModelSpec) -> dict[str, Any]:
+    prediction = analysis.prediction
     body: dict[str, Any] = {
         "probability": round(prediction.probability, 6),
         "label": prediction.label,
         "positive": prediction.positive,
-        "threshold": prediction.threshold,
+        "threshold": spec.threshold,
         "tta": {
             "policy": prediction.policy,
             "views": [{"name": name, "probability": round(p, 6)}
@@ -45,12 +44,12 @@ def serialise(prediction: Prediction) -> dict[str, Any]:
             "spread": round(prediction.spread, 6),
         },
         "image": {"width": prediction.image_width, "height": prediction.image_height},
-        "model": {"name": prediction.model_name, "version": prediction.model_version,
-                  "architecture": prediction.architecture, "demo": prediction.demo},
-        "demo": prediction.demo,
-        "timing_ms": dict(prediction.timing_ms),
+        "model": {"name": spec.name, "version": spec.version,
+                  "architecture": spec.architecture, "demo": spec.demo},
+        "demo": spec.demo,
+        "timing_ms": dict(analysis.timing_ms),
         "disclaimer": DISCLAIMER,
     }
-    if prediction.heatmap_png is not None:
-        body["heatmap_png_base64"] = base64.b64encode(prediction.heatmap_png).decode("ascii")
+    if analysis.heatmap_png is not None:
+        body["heatmap_png_base64"] = base64.b64encode(analysis.heatmap_png).decode("ascii")
     return body

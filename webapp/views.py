@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import base64
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, current_app, render_template, request
 
 from webapp import tta
-from webapp.classifier import Classifier
+from webapp.service import current_service
 from webapp.uploads import read_flag, read_image
 
 bp = Blueprint("views", __name__)
-
-
-def classifier() -> Classifier:
-    return current_app.extensions["classifier"]
 
 
 @bp.get("/")
@@ -22,25 +18,22 @@ def index() -> str:
 
 
 @bp.post("/predict")
-def predict() -> Response:
+def predict() -> str:
     policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
     want_heatmap = read_flag(request, "heatmap", True)
-    prediction = classifier().predict(read_image(request), policy=policy,
-                                      want_heatmap=want_heatmap, want_input_image=True)
-    page = render_template(
-        "result.html", prediction=prediction,
-        views=prediction.views,
-        input_image=_data_uri(prediction.model_input_png),
-        heatmap_image=_data_uri(prediction.heatmap_png))
-    response = Response(page)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    analysis = current_service().predict(read_image(request), policy,
+                                         want_heatmap=want_heatmap, want_input_image=True)
+    return render_template(
+        "result.html", prediction=analysis.prediction, views=analysis.prediction.views,
+        timing_ms=analysis.timing_ms,
+        input_image=_data_uri(analysis.model_input_png),
+        heatmap_image=_data_uri(analysis.heatmap_png))
 
 
 @bp.app_context_processor
 def _model_context() -> dict[str, object]:
-    model = current_app.extensions.get("classifier")
-    return {"spec": model.spec if model else None, "policies": list(tta.POLICIES),
+    # Every page reads the model's facts (threshold, labels, demo) from its spec alone.
+    return {"spec": current_service().spec, "policies": list(tta.POLICIES),
             "default_policy": current_app.config["DEFAULT_TTA"]}
 
 
