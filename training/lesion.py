@@ -195,7 +195,8 @@ def _network(rng: np.random.Generator, colour: np.ndarray, rho: np.ndarray,
         lines = cv2.dilate(lines, np.ones((2, 2), np.uint8)) * rng.uniform(0.8, 1.0)
         patches = smoothstep(-0.2, 0.1, smooth_noise(rng, size, 5))  # ends abruptly
         extent = (rho < 1.0) * patches
-        ink = np.asarray(PALETTE["black" if rng.random() < 0.5 else "dark_brown"], np.float32)
+        ink: np.ndarray = np.asarray(PALETTE["black" if rng.random() < 0.5 else "dark_brown"],
+                                     np.float32)
     else:
         extent = 1.0 - smoothstep(0.5, 1.0, rho)  # fades towards the edge
         ink = colour * 0.55
