@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from webapp import heatmap, preprocess, tta
 from webapp.admission import InferenceGate
+from webapp.decode_sandbox import DecodeSandbox
 from webapp.errors import ModelLoadError
 from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, ModelSpec, SpecError,
                                decode_cam_weights, melanoma_probabilities,
@@ -55,6 +56,10 @@ class Classifier:
         self.model_path = Path(model_path)
         self.max_image_pixels = max_image_pixels
         self.gate = gate or InferenceGate()
+        self.decode_limits = preprocess.DecodeLimits(max_pixels=max_image_pixels)
+        # Before the model loads: the fork server that decoders come from must not hold it.
+        self._decoder = DecodeSandbox()
+        self._decoder.start()
         self._session = open_session(self.model_path, intra_op_threads, cache_dir)
         metadata = self._session.get_modelmeta().custom_metadata_map
         try:
@@ -89,9 +94,9 @@ class Classifier:
         views = tta.views_for(policy)
         with self.gate.admit():
             started = time.perf_counter()
-            image = preprocess.decode_image(data, self.max_image_pixels)
+            upload = self._decoder.prepare(data, self.spec, self.decode_limits)
             decoded = time.perf_counter()
-            seen = preprocess.fit_to_input(image, self.spec)
+            seen = upload.image
             batch = preprocess.to_model_input(tta.make_batch(seen, views), self.spec)
             prepared = time.perf_counter()
             logits, features = self.run_batch(batch)
@@ -109,7 +114,7 @@ class Classifier:
             view_names=tuple(v.name for v in views),
             view_probabilities=tuple(float(p) for p in probabilities),
             spread=float(np.std(probabilities)),
-            image_width=int(image.shape[1]), image_height=int(image.shape[0]),
+            image_width=upload.width, image_height=upload.height,
             model_name=self.spec.name, model_version=self.spec.version,
             architecture=self.spec.architecture, demo=self.spec.demo,
             timing_ms={"decode": _ms(started, decoded), "preprocess": _ms(decoded, prepared),

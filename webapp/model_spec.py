@@ -61,6 +61,9 @@ class ModelSpec:
     created: str = ""
     provenance: str = ""
     schema_version: int = SCHEMA_VERSION
+    # Decoding (webapp/preprocess.py): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
+    # while its shorter side stays at least this many times input_size; 0 decodes in full.
+    jpeg_reduced_decode_min_ratio: int = 2
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -128,6 +131,9 @@ def _problems(spec: ModelSpec) -> list[str]:
         problems.append(f"threshold {spec.threshold} outside (0, 1)")
     if len(spec.labels) != 2:
         problems.append("labels need exactly two names: (negative, positive)")
+    if not 0 <= spec.jpeg_reduced_decode_min_ratio <= 64:
+        problems.append(f"jpeg_reduced_decode_min_ratio {spec.jpeg_reduced_decode_min_ratio} "
+                        "outside 0..64")
     classes = 1 if spec.output_kind == "sigmoid" else 2
     if not 0 <= spec.melanoma_index < classes:
         problems.append(f"melanoma_index {spec.melanoma_index} invalid for {spec.output_kind}")

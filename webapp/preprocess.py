@@ -1,13 +1,22 @@
-"""Bytes -> decoded RGB image -> model input, driven only by the model spec."""
+"""Bytes -> decoded RGB image -> model input, driven only by the model spec.
+
+Every decode is budgeted before it starts: the header gives width x height x channels x
+bytes per channel (plus a progressive JPEG's coefficient buffer), and an image whose
+decoding would need more than the budget is refused with a 413 naming the numbers.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from webapp.image_header import ImageHeader, read_header
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
-# OpenCV reads this once, at its first import: a second line of defence behind read_header.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_IMAGE_PIXELS))
+# 50 MP of RGB (143 MiB) fits; 49 MP of RGBA or 16-bit RGBA does not.
+DEFAULT_MAX_DECODED_BYTES = 160 << 20
+# Our header checks and decoded-bytes budget are the limit; OpenCV's own pixel cap (read
+# once, at its first import) would only turn a MAX_IMAGE_PIXELS above its default into 500s.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 import cv2  # noqa: E402
@@ -15,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from webapp.errors import InvalidImage  # noqa: E402
 from webapp.model_spec import ModelSpec  # noqa: E402
+from webapp.pixels import to_rgb8  # noqa: E402
 
 MIN_IMAGE_SIDE = 32
 # INTER_LINEAR_EXACT is bilinear like cv2.INTER_LINEAR (what albumentations trains with) but
@@ -22,30 +32,105 @@ MIN_IMAGE_SIDE = 32
 # dihedral TTA is exactly invariant to how the photo was turned.
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR_EXACT, "area": cv2.INTER_AREA,
                   "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+_REDUCED_JPEG = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one decode may cost, checked from the header before any pixel is allocated."""
+
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """The square image the model sees, and the upload's upright size in pixels."""
+
+    image: np.ndarray
+    width: int
+    height: int
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+                 jpeg_scale: int = 1) -> np.ndarray:
     """Decode an upload held in memory into an upright RGB uint8 array (H, W, 3).
 
-    Sizes are checked from the header first, so a decompression bomb is refused
-    before any pixel is allocated.
+    Sizes and structure are checked from the header first, so a decompression bomb is
+    refused before any pixel is allocated. `jpeg_scale` (2, 4 or 8) decodes a JPEG at
+    that fraction of its size, straight from the DCT coefficients.
     """
     if not data:
         raise InvalidImage("the uploaded file is empty", code="empty_image", status=400)
     header = read_header(data)
     _check_dimensions(header, max_pixels)
     _check_complete(header, data)
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    if header.format == "JPEG":
-        # IMREAD_COLOR applies the EXIF orientation and converts CMYK and grayscale JPEGs.
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-        if image is None:
-            raise _undecodable(header)
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    scale = jpeg_scale if header.format == "JPEG" else 1
+    _check_budget(header, scale, max_decoded_bytes)
+    if header.has_alpha:
+        flags = cv2.IMREAD_UNCHANGED
+    elif scale > 1:
+        flags = (_REDUCED_JPEG[scale] & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB
+    else:
+        # Converts greyscale, CMYK and 16-bit rows to RGB8 as they are read, and applies
+        # the EXIF orientation.
+        flags = cv2.IMREAD_COLOR_RGB
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error:
+        image = None
     if image is None:
         raise _undecodable(header)
-    return _to_rgb8(image)
+    return to_rgb8(image) if flags == cv2.IMREAD_UNCHANGED else image
+
+
+def prepare(data: bytes, spec: ModelSpec, limits: DecodeLimits = DecodeLimits()) -> ModelView:
+    """Decode an upload and fit it to the model: the whole path from bytes to input image."""
+    header = read_header(data) if data else None
+    scale = _jpeg_scale(header, spec) if header is not None else 1
+    image = decode_image(data, limits.max_pixels, limits.max_decoded_bytes, scale)
+    assert header is not None
+    width, height = header.width, header.height
+    # EXIF orientation may have turned the photo: report it the way up it was decoded.
+    if (image.shape[1] > image.shape[0]) != (width > height) and width != height:
+        width, height = height, width
+    return ModelView(fit_to_input(image, spec), width, height)
+
+
+def _jpeg_scale(header: ImageHeader, spec: ModelSpec) -> int:
+    """The largest JPEG reduction that keeps the shorter side at spec's multiple of the input."""
+    ratio = spec.jpeg_reduced_decode_min_ratio
+    if header.format != "JPEG" or ratio <= 0 or spec.resize == "center-crop":
+        return 1
+    needed = ratio * spec.input_size
+    shorter = min(header.width, header.height)
+    return next((scale for scale in (8, 4, 2) if shorter / scale >= needed), 1)
+
+
+def decoded_bytes(header: ImageHeader, scale: int = 1) -> int:
+    """Memory the decoder needs for this image: its output plus any full-size buffer."""
+    width, height = -(-header.width // scale), -(-header.height // scale)
+    if header.has_alpha:
+        output = width * height * header.channels * header.bytes_per_channel
+    else:
+        output = width * height * 3
+    # libjpeg keeps every coefficient of a progressive JPEG (2 bytes, up to 3 per pixel).
+    coefficients = header.pixels * 3 * 2 if header.progressive else 0
+    return output + coefficients
+
+
+def _check_budget(header: ImageHeader, scale: int, max_decoded_bytes: int) -> None:
+    needed = decoded_bytes(header, scale)
+    if needed > max_decoded_bytes:
+        depth = f"{8 * header.bytes_per_channel}-bit " if header.has_alpha else ""
+        alpha = "with alpha " if header.has_alpha else ""
+        raise InvalidImage(
+            f"decoding this {header.width}x{header.height} {depth}{header.format} {alpha}"
+            f"would need {needed / 2**20:.0f} MiB; the limit is "
+            f"{max_decoded_bytes / 2**20:.0f} MiB. Upload a smaller or 8-bit RGB image",
+            code="image_too_large", status=413)
 
 
 def _check_dimensions(header: ImageHeader, max_pixels: int) -> None:
@@ -73,33 +158,6 @@ def _check_complete(header: ImageHeader, data: bytes) -> None:
 def _undecodable(header: ImageHeader) -> InvalidImage:
     return InvalidImage(f"the {header.format} file could not be decoded; it is corrupt or "
                         "uses a variant we cannot read", code="undecodable_image")
-
-
-def _to_rgb8(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif image.dtype in (np.float32, np.float64):
-        image = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise InvalidImage(f"images with {image.dtype} pixels are not supported",
-                           code="undecodable_image")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    channels = image.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
-    if channels == 2:
-        gray, alpha = image[:, :, 0], image[:, :, 1]
-        return _over_white(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB), alpha)
-    if channels == 4:
-        return _over_white(cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), image[:, :, 3])
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    weight = alpha.astype(np.float32)[:, :, None] / 255.0
-    blended = rgb.astype(np.float32) * weight + 255.0 * (1.0 - weight)
-    return blended.round().astype(np.uint8)
 
 
 def fit_to_input(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
