@@ -45,6 +45,12 @@ def ztxt_png(count: int = 1800) -> bytes:
     return png(64, 64, color_type=2, chunks=[chunk] * count)
 
 
+def noisy_png(count: int = 200) -> bytes:
+    """A small PNG whose `count` text chunks have bad CRCs: libpng warns once for each."""
+    chunk = png_chunk(b"tEXt", b"Comment\x00noise")[:-4] + b"\x00\x00\x00\x00"
+    return png(64, 64, color_type=2, chunks=[chunk] * count)
+
+
 def rgba_webp() -> bytes:
     """7000x7000 lossless RGBA WebP: about 2 KB on the wire, 196 MB as decoded pixels."""
     image = np.zeros((BOMB_SIDE, BOMB_SIDE, 4), np.uint8)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from webapp.errors import ClientError, InvalidImage
 from webapp.model_spec import ModelSpec
 from webapp.preprocess import DecodeLimits, ModelView, prepare
 
+Task = Callable[[bytes, ModelSpec, DecodeLimits], ModelView]
 _SERVER = "import sys, webapp.decode_sandbox as s; s.serve(int(sys.argv[1]))"
 
 
@@ -44,8 +46,10 @@ class SandboxLimits:
 class DecodeSandbox:
     """One fork server per worker process; start() it before the model is loaded."""
 
-    def __init__(self, limits: SandboxLimits = SandboxLimits()) -> None:
+    def __init__(self, limits: SandboxLimits = SandboxLimits(), task: Task = prepare) -> None:
         self.limits = limits
+        # A module-level function, sent to the child by name; tests pass misbehaving ones.
+        self.task = task
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._server: subprocess.Popen[bytes] | None = None
@@ -71,7 +75,7 @@ class DecodeSandbox:
         try:
             channel.settimeout(self.limits.wall_seconds)
             (pid,) = struct.unpack("<q", _receive_exactly(channel, 8))
-            _send_message(channel, pickle.dumps((data, spec, limits, self.limits)))
+            _send_message(channel, pickle.dumps((self.task, data, spec, limits, self.limits)))
             header = json.loads(_receive_message(channel, deadline, 1 << 16))
             pixels = _receive_message(channel, deadline, spec.input_size ** 2 * 3)
         except (OSError, EOFError, ValueError):
@@ -148,12 +152,12 @@ def serve(control_fd: int) -> None:
 def _serve_one(channel: socket.socket) -> None:
     gc.disable()
     channel.sendall(struct.pack("<q", os.getpid()))
-    data, spec, limits, sandbox = pickle.loads(_receive_message(channel, None, 1 << 26))
+    task, data, spec, limits, sandbox = pickle.loads(_receive_message(channel, None, 1 << 26))
     messages = capture_stderr()
     _confine(sandbox)
     pixels = b""
     try:
-        view = prepare(data, spec, limits)
+        view = task(data, spec, limits)
         header = {"status": "ok", "width": view.width, "height": view.height}
         pixels = np.ascontiguousarray(view.image, np.uint8).tobytes()
     except ClientError as error:
