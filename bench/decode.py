@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"fidelity": fidelity(args.model, args.images),
                                "phone_jpeg_12mp": phone_decode(args.repeats),
                                "sandbox": sandbox_overhead(args.repeats),
-                               "note": "timings on a shared machine; compare ratios within this run"}
+                               "note": "shared machine: compare ratios within this run"}
     text = json.dumps(results, indent=2, sort_keys=True)
     print(text)
     if args.json:
