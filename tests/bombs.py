@@ -101,6 +101,13 @@ def long8_tiff(width: int = 12000, height: int = 5000) -> bytes:
     return b"II*\x00" + struct.pack("<I", ifd_offset) + ifd + struct.pack("<Q", width) + strip
 
 
+def grey_jpeg(width: int, height: int) -> bytes:
+    """A plain greyscale JPEG of any size: a few hundred KB even at 55 MP."""
+    ok, data = cv2.imencode(".jpg", np.full((height, width), 128, np.uint8))
+    assert ok
+    return data.tobytes()
+
+
 def large_photo_jpeg(width: int = 4000, height: int = 3000) -> bytes:
     """A 12 MP phone-sized lesion photo (plain RGB JPEG): valid, just big."""
     from tests import images

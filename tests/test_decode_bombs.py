@@ -102,6 +102,7 @@ def _assert_contained(reply: Reply, watch: Watch, server: LiveServer) -> None:
     summary = (f"status {reply.status} in {reply.seconds:.1f} s, peak RSS "
                f"{watch.peak_rss_mib:.0f} MiB, slowest /healthz "
                f"{max(watch.health_seconds, default=0):.2f} s: {reply.text[:300]}")
+    print(summary[:summary.index(":")])
     assert 200 <= reply.status < 500, summary
     assert reply.seconds < ANSWER_SECONDS, summary
     assert watch.peak_rss_mib < RSS_LIMIT_MIB, summary
@@ -121,6 +122,13 @@ def test_bomb_is_answered_quickly_within_memory(server: LiveServer,
     _assert_contained(reply, watch, server)
 
 
+def test_largest_accepted_png_is_predicted_within_memory(server: LiveServer) -> None:
+    # 40 MP of RGB PNG decodes in full (PNG has no reduced decoding): the budget's worst case.
+    reply, watch = _survives(server, bombs.png(8000, 5000, color_type=2))
+    _assert_contained(reply, watch, server)
+    assert reply.status == 200, reply.text
+
+
 def test_phone_photo_is_predicted_within_memory(server: LiveServer) -> None:
     reply, watch = _survives(server, bombs.large_photo_jpeg())
     _assert_contained(reply, watch, server)
@@ -136,8 +144,8 @@ def large_limit_server(full_demo_model: Path, tmp_path_factory: pytest.TempPathF
 
 
 def test_limit_above_opencv_default_serves_large_photos(large_limit_server: LiveServer) -> None:
-    # 55 MP of greyscale: within an 80 MP limit and the decoded-bytes budget.
-    photo = bombs.png(11000, 5000, color_type=0)
+    # 55 MP: within an 80 MP limit, above OpenCV's default cap of 50 MP.
+    photo = bombs.grey_jpeg(11000, 5000)
     reply, watch = _survives(large_limit_server, photo)
     _assert_contained(reply, watch, large_limit_server)
     assert reply.status == 200, reply.text

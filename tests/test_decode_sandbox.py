@@ -51,7 +51,7 @@ def test_sandboxed_prepare_matches_in_process(sandbox: DecodeSandbox) -> None:
 def test_refusal_in_the_child_keeps_its_status_and_message(sandbox: DecodeSandbox) -> None:
     with pytest.raises(InvalidImage) as refused:
         sandbox.prepare(bombs.rgba_png(16), SPEC, LIMITS)
-    assert refused.value.status == 413 and "374 MiB" in refused.value.message
+    assert refused.value.status == 413 and "748 MiB" in refused.value.message
 
 
 @pytest.mark.parametrize("task", [_spin, _hoard, _sleep])

@@ -9,7 +9,12 @@ import pytest
 from tests import bombs, images
 from webapp.errors import InvalidImage
 from webapp.image_header import read_header
-from webapp.preprocess import DEFAULT_MAX_DECODED_BYTES, decode_image, decoded_bytes
+from webapp.model_spec import ModelSpec
+from webapp.preprocess import (DEFAULT_MAX_DECODED_BYTES, DecodeLimits, decode_image,
+                               decoded_bytes, prepare)
+
+SPEC = ModelSpec(architecture="resnest50_fast_4s1x64d", input_size=128, output_kind="sigmoid",
+                 melanoma_index=0, checkpoint_sha256="0" * 64, demo=True)
 
 
 def test_tiff_width_typed_long8_is_read_from_its_offset() -> None:
@@ -67,8 +72,8 @@ def test_png_with_a_few_text_chunks_is_read() -> None:
 
 
 @pytest.mark.parametrize(("data", "mib"), [
-    (lambda: bombs.rgba_png(16), 374), (lambda: bombs.rgba_png(8), 187),
-    (bombs.rgba_webp, 187)])
+    (lambda: bombs.rgba_png(16), 748), (lambda: bombs.rgba_png(8), 374),
+    (bombs.rgba_webp, 374)])
 def test_decoded_bytes_budget_refuses_before_allocating(data, mib: int) -> None:  # type: ignore[no-untyped-def]
     upload = data()
     assert round(decoded_bytes(read_header(upload)) / 2**20) == mib
@@ -78,15 +83,15 @@ def test_decoded_bytes_budget_refuses_before_allocating(data, mib: int) -> None:
     assert f"{mib} MiB" in refused.value.message
 
 
-def test_budget_admits_a_50_megapixel_rgb_photo() -> None:
-    header = read_header(bombs.png(10000, 5000, color_type=2))
+def test_budget_admits_a_40_megapixel_rgb_png() -> None:
+    header = read_header(bombs.png(8000, 5000, color_type=2))
     assert decoded_bytes(header) <= DEFAULT_MAX_DECODED_BYTES
 
 
 def test_limit_above_opencv_default_decodes_instead_of_failing() -> None:
-    image = decode_image(bombs.png(11000, 5000, color_type=0), max_pixels=80_000_000)
-    assert image.shape == (5000, 11000, 3)
-    assert not image.any()
+    view = prepare(bombs.grey_jpeg(11000, 5000), SPEC, DecodeLimits(max_pixels=80_000_000))
+    assert (view.width, view.height) == (11000, 5000)
+    assert view.image.shape == (128, 128, 3)
 
 
 def test_rgba_16_bit_converts_exactly_as_float_maths_would() -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from webapp.decode_messages import WarningLog, capture_stderr, read_messages
 from webapp.errors import ClientError, InvalidImage
 from webapp.model_spec import ModelSpec
-from webapp.preprocess import DecodeLimits, ModelView, prepare
+from webapp.preprocess import DEFAULT_MAX_DECODED_BYTES, DecodeLimits, ModelView, prepare
 
 Task = Callable[[bytes, ModelSpec, DecodeLimits], ModelView]
 _SERVER = "import sys, webapp.decode_sandbox as s; s.serve(int(sys.argv[1]))"
@@ -39,8 +39,9 @@ _SERVER = "import sys, webapp.decode_sandbox as s; s.serve(int(sys.argv[1]))"
 class SandboxLimits:
     cpu_seconds: int = 4
     wall_seconds: float = 8.0
-    # Address space a decoder may add to what the fork server already maps.
-    memory_bytes: int = 256 << 20
+    # Address space a decoder may add to what the fork server already maps: the budget
+    # checked from the header, and slack for the decoders' own tables and row buffers.
+    memory_bytes: int = DEFAULT_MAX_DECODED_BYTES + (64 << 20)
 
 
 class DecodeSandbox:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from webapp.image_header import ImageHeader, read_header
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
-# 50 MP of RGB (143 MiB) fits; 49 MP of RGBA or 16-bit RGBA does not.
-DEFAULT_MAX_DECODED_BYTES = 160 << 20
+# What a decode may hold at its peak (see decoded_bytes): 44 MP of RGB PNG fits, 49 MP of
+# RGBA does not; large JPEGs are decoded at reduced scale and fit whatever their size.
+DEFAULT_MAX_DECODED_BYTES = 256 << 20
 # Our header checks and decoded-bytes budget are the limit; OpenCV's own pixel cap (read
 # once, at its first import) would only turn a MAX_IMAGE_PIXELS above its default into 500s.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
@@ -110,7 +111,7 @@ def _jpeg_scale(header: ImageHeader, spec: ModelSpec) -> int:
 
 
 def decoded_bytes(header: ImageHeader, scale: int = 1) -> int:
-    """Memory the decoder needs for this image: its output plus any full-size buffer."""
+    """Memory the decoder holds at its peak for this image, from the header alone."""
     width, height = -(-header.width // scale), -(-header.height // scale)
     if header.has_alpha:
         output = width * height * header.channels * header.bytes_per_channel
@@ -118,7 +119,8 @@ def decoded_bytes(header: ImageHeader, scale: int = 1) -> int:
         output = width * height * 3
     # libjpeg keeps every coefficient of a progressive JPEG (2 bytes, up to 3 per pixel).
     coefficients = header.pixels * 3 * 2 if header.progressive else 0
-    return output + coefficients
+    # OpenCV's imdecode fills a buffer of its own and copies it out: the output twice.
+    return 2 * output + coefficients
 
 
 def _check_budget(header: ImageHeader, scale: int, max_decoded_bytes: int) -> None:
