@@ -89,7 +89,8 @@ class DecodeSandbox:
         if header["status"] == "refused":
             raise InvalidImage(header["message"], code=header["code"], status=header["http"])
         image = np.frombuffer(pixels, np.uint8).reshape(spec.input_size, spec.input_size, 3)
-        return ModelView(image, int(header["width"]), int(header["height"]))
+        return ModelView(image, int(header["width"]), int(header["height"]),
+                         float(header["cpu_ms"]))
 
     def _open_channel(self) -> socket.socket:
         for attempt in range(2):
@@ -169,6 +170,8 @@ def _serve_one(channel: socket.socket) -> None:
                   "message": "the image needs more memory to decode than the server allows; "
                              "upload a smaller image"}
     header["messages"] = read_messages(messages)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    header["cpu_ms"] = (usage.ru_utime + usage.ru_stime) * 1000.0
     _send_message(channel, json.dumps(header).encode())
     _send_message(channel, pixels)
 

@@ -52,6 +52,8 @@ class ModelView:
     image: np.ndarray
     width: int
     height: int
+    # CPU the decoding process spent, where it ran in a child of its own (decode_sandbox).
+    child_cpu_ms: float = 0.0
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
