@@ -83,7 +83,8 @@ def fidelity(model: Path, count: int, max_delta: float) -> dict[str, Any]:
         for ratio in RATIOS:
             deltas[ratio].append(abs(probability(data, ratio) - full))
             use = dataclasses.replace(spec, jpeg_reduced_decode_min_ratio=ratio)
-            scales[ratio].add(preprocess._jpeg_scale(preprocess.read_header(data), use))
+            scales[ratio].add(preprocess._jpeg_scale(preprocess.read_header(data), use,
+                                                     preprocess.DecodeLimits()))
     per_ratio = {str(ratio): {"scales_used": sorted(scales[ratio]),
                               "max_abs_delta_p": max(deltas[ratio]),
                               "p99_abs_delta_p": float(np.percentile(deltas[ratio], 99)),

@@ -1,6 +1,7 @@
 """The decoder child: CPU, memory and wall-clock bounds hold whatever the decode does."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -84,7 +85,7 @@ def test_decoder_messages_are_summarised_not_copied(sandbox: DecodeSandbox,
 
 def test_large_jpeg_is_decoded_reduced_and_reports_its_full_size() -> None:
     data = bombs.large_photo_jpeg()
-    view = prepare(data, SPEC, LIMITS)
+    view = prepare(data, dataclasses.replace(SPEC, jpeg_reduced_decode_min_ratio=2), LIMITS)
     assert (view.width, view.height) == (4000, 3000)
     full = fit_to_input(prepare_full(data), SPEC)
     # The same picture at the same framing (reduced decoding antialiases; bench/decode.py
@@ -96,3 +97,10 @@ def prepare_full(data: bytes) -> np.ndarray:
     from webapp.preprocess import decode_image
 
     return decode_image(data)
+
+
+def test_jpeg_beyond_the_memory_budget_is_decoded_reduced_not_refused() -> None:
+    # 50 MP in full is 286 MiB at the decoder's peak, over the 256 MiB budget.
+    view = prepare(bombs.grey_jpeg(10000, 5000), SPEC, LIMITS)
+    assert (view.width, view.height) == (10000, 5000)
+    assert view.image.shape == (128, 128, 3)

@@ -41,8 +41,9 @@ class ImageHeader:
     height: int
     channels: int = 3
     bytes_per_channel: int = 1
-    # Progressive JPEGs keep every DCT coefficient (2 bytes a sample) until the last scan.
-    progressive: bool = False
+    # DCT coefficients a progressive JPEG keeps in memory (2 bytes each) until its last
+    # scan, whatever the scale it is decoded at; 0 for other images.
+    coefficients: int = 0
 
     @property
     def pixels(self) -> int:
@@ -97,12 +98,27 @@ def _jpeg(data: bytes) -> ImageHeader | None:
                       0xCF):
             height, width = struct.unpack(">HH", data[position + 5:position + 9])
             _check_jpeg_scans(data, position)
+            progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+            samples = _jpeg_samples_per_pixel(data[position + 9:position + 2 + length])
             return ImageHeader("JPEG", width, height, 3, 1,
-                               progressive=marker in (0xC2, 0xC6, 0xCA, 0xCE))
+                               coefficients=int(width * height * samples) if progressive else 0)
         if marker == 0xD9 or length < 2:
             break
         position += 2 + length
     raise InvalidImage("the JPEG is truncated or corrupt: no frame header found")
+
+
+def _jpeg_samples_per_pixel(frame: bytes) -> float:
+    """Samples per pixel over all components: 1.5 for 4:2:0 colour, 3 for 4:4:4."""
+    if not frame:
+        raise InvalidImage("the JPEG frame header is truncated")
+    count = frame[0]
+    factors = [(frame[2 + 3 * i] >> 4, frame[2 + 3 * i] & 15) for i in range(count)
+               if 2 + 3 * i < len(frame)]
+    if len(factors) != count or not all(h and v for h, v in factors):
+        raise InvalidImage("the JPEG frame header is corrupt (component sampling)")
+    widest, tallest = max(h for h, _ in factors), max(v for _, v in factors)
+    return sum(h * v for h, v in factors) / (widest * tallest)
 
 
 def _check_jpeg_scans(data: bytes, frame: int) -> None:

@@ -62,8 +62,10 @@ class ModelSpec:
     provenance: str = ""
     schema_version: int = SCHEMA_VERSION
     # Decoding (webapp/preprocess.py): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
-    # while its shorter side stays at least this many times input_size; 0 decodes in full.
-    jpeg_reduced_decode_min_ratio: int = 2
+    # while its shorter side stays at least this many times input_size; 0 decodes in full
+    # (unless only a reduced decode fits the memory budget). Set it only where
+    # `python -m bench.decode` shows the model keeps its answers.
+    jpeg_reduced_decode_min_ratio: int = 0
 
     def __post_init__(self) -> None:
         problems = _problems(self)

@@ -1,7 +1,7 @@
 """Bytes -> decoded RGB image -> model input, driven only by the model spec.
 
 Every decode is budgeted before it starts: the header gives width x height x channels x
-bytes per channel (plus a progressive JPEG's coefficient buffer), and an image whose
+bytes per channel (plus a progressive JPEG's coefficients), and an image whose
 decoding would need more than the budget is refused with a 413 naming the numbers.
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 def prepare(data: bytes, spec: ModelSpec, limits: DecodeLimits = DecodeLimits()) -> ModelView:
     """Decode an upload and fit it to the model: the whole path from bytes to input image."""
     header = read_header(data) if data else None
-    scale = _jpeg_scale(header, spec) if header is not None else 1
+    scale = _jpeg_scale(header, spec, limits) if header is not None else 1
     image = decode_image(data, limits.max_pixels, limits.max_decoded_bytes, scale)
     assert header is not None
     width, height = header.width, header.height
@@ -102,14 +102,24 @@ def prepare(data: bytes, spec: ModelSpec, limits: DecodeLimits = DecodeLimits())
     return ModelView(fit_to_input(image, spec), width, height)
 
 
-def _jpeg_scale(header: ImageHeader, spec: ModelSpec) -> int:
-    """The largest JPEG reduction that keeps the shorter side at spec's multiple of the input."""
-    ratio = spec.jpeg_reduced_decode_min_ratio
-    if header.format != "JPEG" or ratio <= 0 or spec.resize == "center-crop":
+def _jpeg_scale(header: ImageHeader, spec: ModelSpec, limits: DecodeLimits) -> int:
+    """How much smaller than stored to decode a JPEG: 1, 2, 4 or 8.
+
+    Where the spec allows it, the largest reduction that keeps the shorter side at its
+    multiple of the input; otherwise full size, or the least reduction that fits the
+    memory budget (a 50 MP photo is worth answering at half size rather than refusing).
+    """
+    if header.format != "JPEG" or spec.resize == "center-crop":
         return 1
-    needed = ratio * spec.input_size
     shorter = min(header.width, header.height)
-    return next((scale for scale in (8, 4, 2) if shorter / scale >= needed), 1)
+    ratio = spec.jpeg_reduced_decode_min_ratio
+    if ratio > 0:
+        needed = ratio * spec.input_size
+        wanted = next((scale for scale in (8, 4, 2) if shorter / scale >= needed), 1)
+    else:
+        wanted = 1
+    return next((scale for scale in (1, 2, 4, 8) if scale >= wanted and
+                 decoded_bytes(header, scale) <= limits.max_decoded_bytes), wanted)
 
 
 def decoded_bytes(header: ImageHeader, scale: int = 1) -> int:
@@ -119,10 +129,8 @@ def decoded_bytes(header: ImageHeader, scale: int = 1) -> int:
         output = width * height * header.channels * header.bytes_per_channel
     else:
         output = width * height * 3
-    # libjpeg keeps every coefficient of a progressive JPEG (2 bytes, up to 3 per pixel).
-    coefficients = header.pixels * 3 * 2 if header.progressive else 0
     # OpenCV's imdecode fills a buffer of its own and copies it out: the output twice.
-    return 2 * output + coefficients
+    return 2 * output + 2 * header.coefficients
 
 
 def _check_budget(header: ImageHeader, scale: int, max_decoded_bytes: int) -> None:
