@@ -62,7 +62,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
               "imports_s": imported - STARTED, "session_s": loaded - imported,
               "first_prediction_s": time.time() - loaded}
     after_load = memory_mib()
-    seen = preprocess.fit_to_input(preprocess.decode_image(data), model.spec)
+    seen = preprocess.prepare(data, model.spec).image
     batch = preprocess.to_model_input(tta.make_batch(seen, tta.views_for(policy)), model.spec)
     for _ in range(args.warmup):
         serve()
@@ -95,7 +95,7 @@ def run_torch(args: argparse.Namespace, batched: bool) -> dict[str, Any]:
     views = tta.views_for(POLICY_FOR_VIEWS[args.views])
 
     def predict(layout: torch.memory_format) -> list[float]:
-        seen = preprocess.fit_to_input(preprocess.decode_image(data), spec)
+        seen = preprocess.prepare(data, spec).image
         batch = torch.from_numpy(preprocess.to_model_input(tta.make_batch(seen, views), spec))
         with torch.inference_mode():
             if batched:

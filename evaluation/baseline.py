@@ -25,7 +25,7 @@ def score_checkpoint(checkpoint: Path, spec: ModelSpec, images: Sequence[tuple[s
     views = tta.views_for(policy)
     merged = []
     for _, path in images:
-        seen = preprocess.fit_to_input(preprocess.decode_image(path.read_bytes()), spec)
+        seen = preprocess.prepare(path.read_bytes(), spec).image
         batch = torch.from_numpy(preprocess.to_model_input(tta.make_batch(seen, views), spec))
         with torch.inference_mode():
             logits = network(batch).numpy()

@@ -239,8 +239,13 @@ def test_real_server_writes_no_file_while_handling_uploads(server: LiveServer,
     tmp_before = sorted(private_dirs[1].iterdir())
     opencv_before = sorted(Path("/tmp").glob("__opencv_temp*"))
     trace = tmp_path / "worker.strace"
+    # The worker's children too: images are decoded in processes forked by its decoder
+    # fork server (webapp/decode_sandbox.py), which -f then follows.
+    children = Path(f"/proc/{worker}/task/{worker}/children").read_text().split()
+    assert children, "the worker has no decoder fork server"
+    targets = [argument for pid in [str(worker), *children] for argument in ("-p", pid)]
     tracer = subprocess.Popen([strace, "-f", "-qq", "-e", "trace=%file,recvfrom",
-                               "-o", str(trace), "-p", str(worker)], stderr=subprocess.PIPE)
+                               "-o", str(trace), *targets], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
         while not (trace.exists() and trace.stat().st_size) and time.monotonic() < deadline:

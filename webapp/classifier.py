@@ -84,7 +84,7 @@ class Classifier:
         views = tta.views_for(policy)
         _, batch = self.preprocess(image, views)
         logits, _ = self.run_batch(batch)
-        return self.postprocess(logits, policy, image)
+        return self.postprocess(logits, policy, (int(image.shape[1]), int(image.shape[0])))
 
     def preprocess(self, image: np.ndarray,
                    views: tuple[tta.View, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +98,8 @@ class Classifier:
             [self.spec.logits_name, self.spec.features_name], {self.spec.input_name: batch})
         return logits, features
 
-    def postprocess(self, logits: np.ndarray, policy: str, image: np.ndarray) -> Prediction:
+    def postprocess(self, logits: np.ndarray, policy: str,
+                    image_size: tuple[int, int]) -> Prediction:
         """Merge the views' probabilities and apply the spec's threshold and labels."""
         probabilities = self.probabilities(logits)
         probability = tta.merge_probabilities(probabilities)
@@ -108,7 +109,7 @@ class Classifier:
             view_names=tuple(v.name for v in tta.views_for(policy)),
             view_probabilities=tuple(float(p) for p in probabilities),
             spread=float(np.std(probabilities)),
-            image_width=int(image.shape[1]), image_height=int(image.shape[0]))
+            image_width=image_size[0], image_height=image_size[1])
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Melanoma probability per row of logits."""

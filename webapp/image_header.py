@@ -1,7 +1,9 @@
-"""Identify an upload's format and pixel dimensions from its first bytes, before any decoding.
+"""Identify an upload's format, pixel dimensions and decoded layout from its bytes, before
+any decoding, and refuse structures whose decoding cost the header already shows.
 
-A 100 KB PNG can claim 30000x30000 pixels; reading the header lets us refuse it
-without allocating the 2.7 GB a decoder would ask for.
+A 100 KB PNG can claim 30000x30000 pixels, a 20 KB JPEG can hold 2,000 scans that each
+cost a full pass, and a PNG can carry thousands of compressed text chunks that libpng
+inflates one by one: all of it is visible here, before a decoder allocates or loops.
 """
 from __future__ import annotations
 
@@ -9,6 +11,16 @@ import struct
 from dataclasses import dataclass
 
 from webapp.errors import InvalidImage, UnsupportedImageType
+
+# A libjpeg progressive JPEG has 10 scans, mozjpeg's about 20; each scan is a full pass.
+MAX_JPEG_SCANS = 100
+# Ancillary PNG chunks that libpng inflates (text, ICC profile): each may cost ~8 MB of work.
+MAX_PNG_COMPRESSED_CHUNKS = 16
+MAX_PNG_ANCILLARY_CHUNKS = 256
+MAX_PNG_ANCILLARY_BYTES = 4 << 20
+# Encoders split IDAT at 8-64 KB; this bounds the walk over a 16 MB upload's chunks.
+MAX_PNG_CHUNKS = 65536
+MAX_TIFF_ENTRIES = 256
 
 _NOT_IMAGES = (
     (b"%PDF", "a PDF document"),
@@ -22,17 +34,28 @@ _NOT_IMAGES = (
 
 @dataclass(frozen=True)
 class ImageHeader:
+    """What the file says it holds; `channels` counts alpha where the format may carry it."""
+
     format: str
     width: int
     height: int
+    channels: int = 3
+    bytes_per_channel: int = 1
+    # DCT coefficients a progressive JPEG keeps in memory (2 bytes each) until its last
+    # scan, whatever the scale it is decoded at; 0 for other images.
+    coefficients: int = 0
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
 
+    @property
+    def has_alpha(self) -> bool:
+        return self.channels in (2, 4)
+
 
 def read_header(data: bytes) -> ImageHeader:
-    """Format and dimensions, or an error saying what the bytes are instead."""
+    """Format, dimensions and layout, or an error saying what the bytes are instead."""
     head = data[:32]
     for parse in (_jpeg, _png, _gif, _bmp, _webp, _tiff):
         header = parse(data)
@@ -50,6 +73,10 @@ def read_header(data: bytes) -> ImageHeader:
                                        "WebP, TIFF, BMP or GIF image")
     raise UnsupportedImageType("the file is not an image format we read (JPEG, PNG, WebP, "
                                "TIFF, BMP or GIF)")
+
+
+def _too_complex(message: str) -> InvalidImage:
+    return InvalidImage(message, code="image_too_complex", status=422)
 
 
 def _jpeg(data: bytes) -> ImageHeader | None:
@@ -70,20 +97,80 @@ def _jpeg(data: bytes) -> ImageHeader | None:
         if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
                       0xCF):
             height, width = struct.unpack(">HH", data[position + 5:position + 9])
-            return ImageHeader("JPEG", width, height)
+            _check_jpeg_scans(data, position)
+            progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+            samples = _jpeg_samples_per_pixel(data[position + 9:position + 2 + length])
+            return ImageHeader("JPEG", width, height, 3, 1,
+                               coefficients=int(width * height * samples) if progressive else 0)
         if marker == 0xD9 or length < 2:
             break
         position += 2 + length
     raise InvalidImage("the JPEG is truncated or corrupt: no frame header found")
 
 
+def _jpeg_samples_per_pixel(frame: bytes) -> float:
+    """Samples per pixel over all components: 1.5 for 4:2:0 colour, 3 for 4:4:4."""
+    if not frame:
+        raise InvalidImage("the JPEG frame header is truncated")
+    count = frame[0]
+    factors = [(frame[2 + 3 * i] >> 4, frame[2 + 3 * i] & 15) for i in range(count)
+               if 2 + 3 * i < len(frame)]
+    if len(factors) != count or not all(h and v for h, v in factors):
+        raise InvalidImage("the JPEG frame header is corrupt (component sampling)")
+    widest, tallest = max(h for h, _ in factors), max(v for _, v in factors)
+    return sum(h * v for h, v in factors) / (widest * tallest)
+
+
+def _check_jpeg_scans(data: bytes, frame: int) -> None:
+    # Entropy-coded data stuffs every 0xFF with 0x00, so each FF DA after the frame header
+    # is a start-of-scan marker (an EXIF thumbnail's own scans precede the frame).
+    scans = data.count(b"\xff\xda", frame)
+    if scans > MAX_JPEG_SCANS:
+        raise _too_complex(f"the JPEG has {scans} scans; photos have at most a few dozen "
+                           f"(limit {MAX_JPEG_SCANS}). Re-save it as a baseline JPEG")
+
+
 def _png(data: bytes) -> ImageHeader | None:
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         return None
-    if len(data) < 24 or data[12:16] != b"IHDR":
+    if len(data) < 33 or data[12:16] != b"IHDR":
         raise InvalidImage("the PNG is truncated or corrupt: no IHDR header")
-    width, height = struct.unpack(">II", data[16:24])
-    return ImageHeader("PNG", width, height)
+    width, height, depth, color_type = struct.unpack(">IIBB", data[16:26])
+    transparency = _walk_png_chunks(data)
+    channels = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}.get(color_type)
+    if channels is None:
+        raise InvalidImage(f"the PNG has an invalid colour type {color_type}")
+    if transparency and channels in (1, 3):
+        channels = 4
+    # Greyscale without alpha decodes straight to RGB: three channels of output.
+    return ImageHeader("PNG", width, height, max(channels, 3), 2 if depth == 16 else 1)
+
+
+def _walk_png_chunks(data: bytes) -> bool:
+    """Check chunk counts and sizes; True where a tRNS chunk adds alpha."""
+    position, chunks, ancillary, ancillary_bytes, compressed = 8, 0, 0, 0, 0
+    transparency = False
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        chunks += 1
+        if kind == b"IEND":
+            break
+        if kind == b"tRNS":
+            transparency = True
+        if kind[0] & 0x20:  # lower-case first letter: ancillary
+            ancillary += 1
+            ancillary_bytes += length
+            compressed += kind in (b"zTXt", b"iTXt", b"iCCP")
+        if (ancillary > MAX_PNG_ANCILLARY_CHUNKS or ancillary_bytes > MAX_PNG_ANCILLARY_BYTES
+                or compressed > MAX_PNG_COMPRESSED_CHUNKS or chunks > MAX_PNG_CHUNKS):
+            raise _too_complex(
+                "the PNG carries too much besides the picture (text, profiles or chunks: "
+                f"{ancillary} ancillary chunks of {ancillary_bytes} bytes, {compressed} "
+                f"compressed); limits {MAX_PNG_ANCILLARY_CHUNKS} chunks, "
+                f"{MAX_PNG_ANCILLARY_BYTES >> 20} MB, {MAX_PNG_COMPRESSED_CHUNKS} compressed. "
+                "Re-save the image without metadata")
+        position += 12 + length
+    return transparency
 
 
 def _gif(data: bytes) -> ImageHeader | None:
@@ -92,7 +179,7 @@ def _gif(data: bytes) -> ImageHeader | None:
     if len(data) < 10:
         raise InvalidImage("the GIF is truncated")
     width, height = struct.unpack("<HH", data[6:10])
-    return ImageHeader("GIF", width, height)
+    return ImageHeader("GIF", width, height, 4)
 
 
 def _bmp(data: bytes) -> ImageHeader | None:
@@ -101,9 +188,10 @@ def _bmp(data: bytes) -> ImageHeader | None:
     (dib_size,) = struct.unpack("<I", data[14:18])
     if dib_size == 12:
         width, height = struct.unpack("<HH", data[18:22])
-    else:
-        width, height = struct.unpack("<ii", data[18:26])
-    return ImageHeader("BMP", abs(width), abs(height))
+        return ImageHeader("BMP", width, height)
+    width, height = struct.unpack("<ii", data[18:26])
+    bits = struct.unpack("<H", data[28:30])[0] if len(data) >= 30 else 24
+    return ImageHeader("BMP", abs(width), abs(height), 4 if bits == 32 else 3)
 
 
 def _webp(data: bytes) -> ImageHeader | None:
@@ -115,12 +203,18 @@ def _webp(data: bytes) -> ImageHeader | None:
         return ImageHeader("WebP", width & 0x3FFF, height & 0x3FFF)
     if chunk == b"VP8L" and len(data) >= 25:
         (bits,) = struct.unpack("<I", data[21:25])
-        return ImageHeader("WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+        alpha = bool(bits >> 28 & 1)
+        return ImageHeader("WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1,
+                           4 if alpha else 3)
     if chunk == b"VP8X" and len(data) >= 30:
         width = int.from_bytes(data[24:27], "little") + 1
         height = int.from_bytes(data[27:30], "little") + 1
-        return ImageHeader("WebP", width, height)
+        return ImageHeader("WebP", width, height, 4 if data[20] & 0x10 else 3)
     raise InvalidImage("the WebP is truncated or corrupt")
+
+
+_TIFF_SIZES = {1: 1, 3: 2, 4: 4, 16: 8}  # BYTE, SHORT, LONG, LONG8
+_TIFF_CODES = {1: "B", 3: "H", 4: "I", 16: "Q"}
 
 
 def _tiff(data: bytes) -> ImageHeader | None:
@@ -131,17 +225,53 @@ def _tiff(data: bytes) -> ImageHeader | None:
     else:
         return None
     try:
-        (offset,) = struct.unpack(order + "I", data[4:8])
-        (count,) = struct.unpack(order + "H", data[offset:offset + 2])
-        size: dict[int, int] = {}
-        for index in range(count):
-            entry = data[offset + 2 + 12 * index: offset + 14 + 12 * index]
-            tag, kind = struct.unpack(order + "HH", entry[:4])
-            if tag in (256, 257):
-                fmt = "H" if kind == 3 else "I"
-                (size[tag],) = struct.unpack(order + fmt, entry[8:8 + struct.calcsize(fmt)])
+        tags = _tiff_tags(data, order)
     except struct.error:
         raise InvalidImage("the TIFF is truncated or corrupt") from None
-    if 256 not in size or 257 not in size:
+    if 256 not in tags or 257 not in tags:
         raise InvalidImage("the TIFF has no image dimensions")
-    return ImageHeader("TIFF", size[256], size[257])
+    return _tiff_header(data, tags)
+
+
+def _tiff_tags(data: bytes, order: str) -> dict[int, tuple[int, ...]]:
+    """Every numeric tag of the first directory, each value read by its declared type."""
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[offset:offset + 2])
+    if count > MAX_TIFF_ENTRIES:
+        raise _too_complex(f"the TIFF directory has {count} entries (limit {MAX_TIFF_ENTRIES})")
+    tags: dict[int, tuple[int, ...]] = {}
+    for index in range(count):
+        entry = data[offset + 2 + 12 * index: offset + 14 + 12 * index]
+        tag, kind, number = struct.unpack(order + "HHI", entry[:8])
+        if kind not in _TIFF_SIZES:
+            continue
+        size = _TIFF_SIZES[kind] * number
+        if size > len(data):
+            raise InvalidImage(f"the TIFF tag {tag} claims {number} values, more than the file")
+        if size <= 4:
+            raw = entry[8:8 + size]
+        else:
+            (where,) = struct.unpack(order + "I", entry[8:12])
+            raw = data[where:where + size]
+        tags[tag] = struct.unpack(f"{order}{number}{_TIFF_CODES[kind]}", raw)
+    return tags
+
+
+def _tiff_header(data: bytes, tags: dict[int, tuple[int, ...]]) -> ImageHeader:
+    width, height = tags[256][0], tags[257][0]
+    samples = tags.get(277, (1,))[0]
+    bits = tags.get(258, (1,))
+    if not 1 <= samples <= 4 or len(bits) not in (1, samples):
+        raise InvalidImage(f"the TIFF's tags are inconsistent: {samples} samples a pixel "
+                           f"with {len(bits)} bit depths")
+    if any(b not in (1, 2, 4, 8, 16, 32) for b in bits) or len(set(bits)) != 1:
+        raise InvalidImage(f"the TIFF has unsupported bit depths {sorted(set(bits))}")
+    counts = tags.get(279, ()) + tags.get(325, ())
+    offsets = tags.get(273, ()) + tags.get(324, ())
+    if not counts or len(counts) != len(offsets) or sum(counts) > len(data) or any(
+            o + c > len(data) for o, c in zip(offsets, counts, strict=True)):
+        raise InvalidImage("the TIFF's tags are inconsistent: its strips or tiles lie "
+                           "outside the file")
+    alpha = samples in (2, 4) or 338 in tags
+    return ImageHeader("TIFF", width, height, 4 if alpha else 3,
+                       {16: 2, 32: 4}.get(bits[0], 1))

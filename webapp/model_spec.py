@@ -78,6 +78,11 @@ class ModelSpec:
     created: str = ""
     provenance: str = ""
     schema_version: int = SCHEMA_VERSION
+    # Decoding (webapp/preprocess.py): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
+    # while its shorter side stays at least this many times input_size; 0 decodes in full
+    # (unless only a reduced decode fits the memory budget). Set it only where
+    # `python -m bench.decode` shows the model keeps its answers.
+    jpeg_reduced_decode_min_ratio: int = 0
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -165,6 +170,9 @@ def _problems(spec: ModelSpec) -> list[str]:
         problems.append(f"threshold {spec.threshold} outside (0, 1)")
     if len(spec.labels) != 2:
         problems.append("labels need exactly two names: (negative, positive)")
+    if not 0 <= spec.jpeg_reduced_decode_min_ratio <= 64:
+        problems.append(f"jpeg_reduced_decode_min_ratio {spec.jpeg_reduced_decode_min_ratio} "
+                        "outside 0..64")
     if spec.output_kind in OUTPUT_KINDS and not 0 <= spec.melanoma_index < spec.class_count:
         problems.append(f"melanoma_index {spec.melanoma_index} invalid for {spec.output_kind}")
     return problems

@@ -17,6 +17,7 @@ from flask import Flask, current_app
 from webapp import heatmap, metrics, preprocess, tta
 from webapp.admission import InferenceGate
 from webapp.classifier import Classifier, Prediction
+from webapp.decode_sandbox import DecodeSandbox
 from webapp.model_spec import DEFAULT_MAX_IMAGE_PIXELS, ModelSpec
 
 _EXTENSION = "prediction_service"
@@ -43,10 +44,13 @@ class PredictionService:
 
     def __init__(self, classifier: Classifier, gate: InferenceGate | None = None,
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                 stuck_after_seconds: float = 60.0) -> None:
+                 stuck_after_seconds: float = 60.0,
+                 decoder: DecodeSandbox | None = None) -> None:
         self.classifier = classifier
         self.gate = gate or InferenceGate()
-        self._max_image_pixels = max_image_pixels
+        self._decode_limits = preprocess.DecodeLimits(max_pixels=max_image_pixels)
+        self._decoder = decoder or DecodeSandbox()
+        self._decoder.start()
         self._stuck_after = stuck_after_seconds
 
     @property
@@ -69,14 +73,14 @@ class PredictionService:
         model = self.classifier
         with self.gate.admit():
             started = time.perf_counter()
-            image = preprocess.decode_image(data, self._max_image_pixels)
+            upload = self._decoder.prepare(data, model.spec, self._decode_limits)
             decoded = time.perf_counter()
-            seen, batch = model.preprocess(image, views)
+            seen, batch = model.preprocess(upload.image, views)
             prepared = time.perf_counter()
             logits, features = model.run_batch(batch)
             inferred = time.perf_counter()
             self.gate.record(inferred - started)
-        prediction = model.postprocess(logits, policy, image)
+        prediction = model.postprocess(logits, policy, (upload.width, upload.height))
         heatmap_png = (heatmap.encode_png(heatmap.overlay(
             seen, model.activation_map(features, views))) if want_heatmap else None)
         finished = time.perf_counter()
@@ -92,6 +96,9 @@ class PredictionService:
 def init_app(app: Flask) -> None:
     """Load, check and warm up the model, and attach its service to the app."""
     config = app.config
+    # Before the model loads: the fork server that decoders come from must not hold it.
+    decoder = DecodeSandbox()
+    decoder.start()
     classifier = Classifier(Path(config["MODEL_PATH"]),
                             intra_op_threads=int(config["INTRA_OP_THREADS"]),
                             cache_dir=_optional_path(config["MODEL_CACHE_DIR"]))
@@ -101,7 +108,7 @@ def init_app(app: Flask) -> None:
                          wait_timeout=float(config["QUEUE_TIMEOUT"]))
     app.extensions[_EXTENSION] = PredictionService(
         classifier, gate, max_image_pixels=int(config["MAX_IMAGE_PIXELS"]),
-        stuck_after_seconds=float(config["STUCK_AFTER_SECONDS"]))
+        stuck_after_seconds=float(config["STUCK_AFTER_SECONDS"]), decoder=decoder)
     metrics.describe_model(classifier.spec)
 
 

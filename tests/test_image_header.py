@@ -1,0 +1,105 @@
+"""The header scan: sizes read by their declared types, and decoding costs refused up front."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tests import bombs, images
+from webapp.errors import InvalidImage
+from webapp.image_header import read_header
+from webapp.model_spec import ModelSpec
+from webapp.preprocess import (DEFAULT_MAX_DECODED_BYTES, DecodeLimits, decode_image,
+                               decoded_bytes, prepare)
+
+SPEC = ModelSpec(architecture="resnest50_fast_4s1x64d", input_size=128, output_kind="sigmoid",
+                 melanoma_index=0, checkpoint_sha256="0" * 64, demo=True)
+
+
+def test_tiff_width_typed_long8_is_read_from_its_offset() -> None:
+    header = read_header(bombs.long8_tiff(width=12000, height=5000))
+    assert (header.width, header.height) == (12000, 5000)
+
+
+def test_long8_tiff_cannot_slip_under_the_pixel_limit() -> None:
+    with pytest.raises(InvalidImage) as refused:
+        decode_image(bombs.long8_tiff(width=12000, height=5000), max_pixels=50_000_000)
+    assert refused.value.status == 413
+    assert "12000x5000" in refused.value.message
+
+
+def test_tiff_whose_strips_lie_outside_the_file_is_refused() -> None:
+    data = bytearray(bombs.long8_tiff(width=400, height=300))
+    # StripByteCounts (the last entry) claims ten times the file.
+    entry = 8 + 2 + 12 * 8
+    data[entry + 8:entry + 12] = (len(data) * 10).to_bytes(4, "little")
+    with pytest.raises(InvalidImage, match="outside the file"):
+        read_header(bytes(data))
+
+
+def test_progressive_jpeg_with_thousands_of_scans_is_refused_at_once() -> None:
+    started = time.perf_counter()
+    with pytest.raises(InvalidImage) as refused:
+        decode_image(bombs.progressive_jpeg(scans=2000))
+    assert time.perf_counter() - started < 1.0
+    assert refused.value.status == 422 and "2001 scans" in refused.value.message
+
+
+def test_ordinary_progressive_jpeg_is_read() -> None:
+    photo = images.lesion_rgb(200, 150)
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", photo[:, :, ::-1], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    header = read_header(data.tobytes())
+    assert (header.width, header.height) == (200, 150)
+    assert header.coefficients == 200 * 150 * 3 // 2  # 4:2:0: 1.5 samples a pixel
+    assert decode_image(data.tobytes()).shape == (150, 200, 3)
+
+
+def test_png_with_thousands_of_compressed_text_chunks_is_refused_at_once() -> None:
+    started = time.perf_counter()
+    with pytest.raises(InvalidImage) as refused:
+        decode_image(bombs.ztxt_png(count=1800))
+    assert time.perf_counter() - started < 1.0
+    assert refused.value.status == 422 and "compressed" in refused.value.message
+
+
+def test_png_with_a_few_text_chunks_is_read() -> None:
+    chunk = bombs.png_chunk(b"tEXt", b"Comment\x00a lesion")
+    data = bombs.png(64, 48, color_type=2, chunks=[chunk] * 5)
+    assert decode_image(data).shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize(("data", "mib"), [
+    (lambda: bombs.rgba_png(16), 748), (lambda: bombs.rgba_png(8), 374),
+    (bombs.rgba_webp, 374)])
+def test_decoded_bytes_budget_refuses_before_allocating(data, mib: int) -> None:  # type: ignore[no-untyped-def]
+    upload = data()
+    assert round(decoded_bytes(read_header(upload)) / 2**20) == mib
+    with pytest.raises(InvalidImage) as refused:
+        decode_image(upload)
+    assert refused.value.status == 413
+    assert f"{mib} MiB" in refused.value.message
+
+
+def test_budget_admits_a_40_megapixel_rgb_png() -> None:
+    header = read_header(bombs.png(8000, 5000, color_type=2))
+    assert decoded_bytes(header) <= DEFAULT_MAX_DECODED_BYTES
+
+
+def test_limit_above_opencv_default_decodes_instead_of_failing() -> None:
+    view = prepare(bombs.grey_jpeg(11000, 5000), SPEC, DecodeLimits(max_pixels=80_000_000))
+    assert (view.width, view.height) == (11000, 5000)
+    assert view.image.shape == (128, 128, 3)
+
+
+def test_rgba_16_bit_converts_exactly_as_float_maths_would() -> None:
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 65536, (40, 50, 4), dtype=np.uint16)
+    decoded = decode_image(images.encode(rgba, ".png"))
+    eight = np.round(rgba.astype(np.float64) / 257.0)
+    weight = eight[:, :, 3:] / 255.0
+    expected = np.round(eight[:, :, :3] * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
+    assert np.array_equal(decoded, expected)
