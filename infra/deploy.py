@@ -279,6 +279,12 @@ def wait_for_host(
         time.sleep(delay)
 
 
+def instance_id(cfn: Any, stack_name: str) -> str:
+    """The single-instance stack's host."""
+    resources = cfn.describe_stack_resources(StackName=stack_name, LogicalResourceId="Instance")
+    return str(resources["StackResources"][0]["PhysicalResourceId"])
+
+
 def cmd_update_model(args: argparse.Namespace, session: Any) -> int:
     cfn, s3 = session.client("cloudformation"), session.client("s3")
     found = stack.describe(cfn, args.stack_name)
@@ -294,16 +300,16 @@ def cmd_update_model(args: argparse.Namespace, session: Any) -> int:
     if result is None:
         return EXIT_STOPPED
     print(f"stack {args.stack_name}: {result}; model sha256 {model.sha256}")
-    outs = stack.outputs(found)
-    if result == "unchanged" or "InstanceId" not in outs:
+    if result == "unchanged" or "SubnetId" not in previous:
         # Scale-out: the rolling update itself waited for each new host's readiness signal.
         return 0
+    instance = instance_id(cfn, args.stack_name)
     print("waiting for the host to load the model (cfn-hup polls every minute)")
     status = wait_for_host(
         s3,
         bucket,
         account,
-        f"{args.stack_name}/status/{outs['InstanceId']}.json",
+        f"{args.stack_name}/status/{instance}.json",
         model.sha256,
         args.host_timeout,
         args.poll_seconds,

@@ -64,8 +64,8 @@ _STUBS = {
         'if [[ $1 == -V ]]; then echo "Python 3.11.9"; exit 0; fi\n'
         # python3.11 -m venv --clear DIR: a venv whose pip only records its arguments.
         'venv=${!#}; mkdir -p "$venv/bin"\n'
-        "printf '#!/bin/bash\\nprintf \"pip\" >>/stub/calls.log; "
-        "printf \" %%q\" \"$@\" >>/stub/calls.log; echo >>/stub/calls.log\\n' "
+        'printf \'#!/bin/bash\\nprintf "pip" >>/stub/calls.log; '
+        'printf " %%q" "$@" >>/stub/calls.log; echo >>/stub/calls.log\\n\' '
         '>"$venv/bin/pip"; chmod +x "$venv/bin/pip"\n'
     ),
     "aws": (
@@ -81,12 +81,12 @@ _STUBS = {
     ),
     # Readiness fails while the model listed in /stub/bad-models is the current one.
     "curl": (
-        'url=${!#}\n'
-        'case $url in\n'
+        "url=${!#}\n"
+        "case $url in\n"
         "  */api/token) echo token ;;\n"
         f"  */instance-id) echo {INSTANCE} ;;\n"
         "  */readyz)\n"
-        "    served=$(basename \"$(readlink /opt/melanoma/models/current.onnx)\" .onnx)\n"
+        '    served=$(basename "$(readlink /opt/melanoma/models/current.onnx)" .onnx)\n'
         '    if grep -qx "$served" /stub/bad-models 2>/dev/null; then exit 22; fi ;;\n'
         "  *) exit 7 ;;\n"
         "esac\n"
@@ -287,7 +287,12 @@ def test_a_model_that_fails_readiness_is_rolled_back(tmp_path: Path) -> None:
     assert os.readlink(models / "current.onnx").endswith(f"{good}.onnx")
     assert (models / f"{good}.onnx").is_file()
     status = json.loads((run.s3 / "mel" / "status" / f"{INSTANCE}.json").read_text())
-    assert status == {**status, "state": "rolled-back", "serving_sha256": good, "wanted_sha256": bad}
+    assert status == {
+        **status,
+        "state": "rolled-back",
+        "serving_sha256": good,
+        "wanted_sha256": bad,
+    }
     unit = (run.root / "etc" / "systemd" / "system" / "melanoma.service").read_text()
     assert good in unit and bad not in unit
 

@@ -110,7 +110,9 @@ def test_deploy_creates_stack_with_model_hash_and_uploads_both_artifacts(
     params = _params("mel")
     assert params["ModelSha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert params["InstanceType"] == "t3.micro" and params["CpuCredits"] == "standard"
-    assert params["ImageId"].startswith("ami-") and params["CloudFrontPrefixListId"].startswith("pl-")
+    assert params["ImageId"].startswith("ami-") and params["CloudFrontPrefixListId"].startswith(
+        "pl-"
+    )
     assert params["SshCidr"] == ""
     assert params["VpcId"].startswith("vpc-") and params["SubnetId"].startswith("subnet-")
     bucket = params["ArtifactBucket"]
@@ -368,3 +370,135 @@ def test_every_flag_has_help() -> None:
         if a.option_strings and not a.help
     ]
     assert missing == []
+
+
+def test_redeploy_keeps_the_network_and_ami_given_at_create_time(
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
+    model = _model(tmp_path)
+    assert _deploy(source_dir, model, "--vpc-id", vpc, "--subnet-id", subnet) == 0
+    first = _params("mel")
+    (source_dir / "webapp" / "views.py").write_text("# changed app\n")
+    assert _deploy(source_dir, model) == 0
+    after = _params("mel")
+    assert (after["VpcId"], after["SubnetId"], after["ImageId"]) == (vpc, subnet, first["ImageId"])
+    assert after["AppKey"] != first["AppKey"]
+
+
+def test_a_change_set_that_replaces_something_stops_without_yes(
+    aws: None,
+    monkeypatch: pytest.MonkeyPatch,
+    source_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = _model(tmp_path)
+    assert _deploy(source_dir, model) == 0
+    before = _params("mel")
+    real_plan = deploy.stack.plan
+
+    def replacing_plan(*args: object, **kwargs: object) -> deploy.stack.Plan | None:
+        found = real_plan(*args, **kwargs)  # type: ignore[arg-type]
+        assert found is not None
+        instance = deploy.stack.Change("Modify", "Instance", "AWS::EC2::Instance", "True")
+        return deploy.stack.Plan(found.name, found.kind, (*found.changes, instance))
+
+    monkeypatch.setattr(deploy.stack, "plan", replacing_plan)
+    assert _deploy(source_dir, model, "--instance-type", "t3.small") == deploy.EXIT_STOPPED
+    assert "would replace Instance" in capsys.readouterr().err
+    assert _params("mel") == before
+    assert _deploy(source_dir, model, "--instance-type", "t3.small", "--yes") == 0
+    assert _params("mel")["InstanceType"] == "t3.small"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "group_max", "in_service"),
+    [((1, 1, 1), "2", "1"), ((0, 1, 1), "2", "1"), ((0, 3, 0), "3", "0"), ((2, 2, 2), "3", "2")],
+)
+def test_rolling_update_sizes_work_at_every_size(
+    sizes: tuple[int, int, int], group_max: str, in_service: str
+) -> None:
+    got = deploy.rolling_sizes(*sizes)
+    assert (got["MaxSize"], got["MinInServiceDuringUpdate"]) == (group_max, in_service)
+    assert int(got["MinInServiceDuringUpdate"]) < int(got["MaxSize"])
+
+
+def test_deploy_waits_longer_than_a_rolling_update_of_every_host() -> None:
+    assert deploy.wait_seconds({"MaxSize": "4"}, {}) > (
+        deploy.CREATE_SECONDS + 4 * deploy.PAUSE_SECONDS
+    )
+
+
+def test_artifact_bucket_is_tls_only_versioned_with_a_lifecycle(
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
+    assert _deploy(source_dir, _model(tmp_path)) == 0
+    bucket = _params("mel")["ArtifactBucket"]
+    s3 = boto3.client("s3", region_name=REGION)
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    import json
+
+    (statement,) = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_update_model_waits_for_the_host_and_reports_a_rollback(
+    aws: None,
+    monkeypatch: pytest.MonkeyPatch,
+    source_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _deploy(source_dir, _model(tmp_path)) == 0
+    params = _params("mel")
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    # moto's describe_stack_resources fails on stacks holding types it does not model
+    # (CloudFront); the stack's only instance is the host.
+    (reservation,) = boto3.client("ec2", region_name=REGION).describe_instances()["Reservations"]
+    instance = reservation["Instances"][0]["InstanceId"]
+    monkeypatch.setattr(deploy, "instance_id", lambda cfn, name: instance)
+    old = params["ModelSha256"]
+    new = hashlib.sha256(b"onnx-bytes-v2").hexdigest()
+    # What bootstrap.sh on the host writes when the new model fails readiness.
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=params["ArtifactBucket"],
+        Key=f"mel/status/{instance}.json",
+        Body=f'{{"state": "rolled-back", "serving_sha256": "{old}", "wanted_sha256": "{new}"}}',
+    )
+    rc = deploy.main(
+        [
+            "update-model",
+            "--stack-name",
+            "mel",
+            "--model",
+            str(_model(tmp_path, b"onnx-bytes-v2")),
+            "--poll-seconds",
+            "1",
+            "--host-timeout",
+            "5",
+        ]
+    )
+    assert rc == 1
+    assert f"rolled-back: it serves {old}" in capsys.readouterr().err
+
+
+def test_deploy_refuses_a_model_onnxruntime_cannot_load(tmp_path: Path) -> None:
+    from infra import model_check
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(artifacts.ArtifactError, match="broken.onnx"):
+        model_check.validate_model(broken)
+
+
+def test_deploy_accepts_a_real_exported_model(tiny_onnx_model: Path) -> None:
+    from infra import model_check
+
+    assert model_check.validate_model(tiny_onnx_model)
