@@ -502,3 +502,11 @@ def test_deploy_accepts_a_real_exported_model(tiny_onnx_model: Path) -> None:
     from infra import model_check
 
     assert model_check.validate_model(tiny_onnx_model)
+
+
+def test_bundle_carries_the_lock_and_the_wheelhouse(source_dir: Path, tmp_path: Path) -> None:
+    bundle = artifacts.build_bundle(source_dir, tmp_path / "out", "mel", _wheelhouse(source_dir))
+    with tarfile.open(bundle.path) as tar:
+        names = set(tar.getnames())
+    assert "requirements.lock" in names
+    assert "wheelhouse/x86_64/flask-3.1.3-py3-none-x86_64.whl" in names
