@@ -84,12 +84,12 @@ def build_bundle(
         ]
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, arcname in entries:
-            info = tar.gettarinfo(str(path), arcname=arcname)
+        for source, arcname in entries:
+            info = tar.gettarinfo(str(source), arcname=arcname)
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
             info.mode = 0o755 if info.mode & 0o111 else 0o644
-            with path.open("rb") as handle:
-                tar.addfile(info, handle)
+            with source.open("rb") as reader:
+                tar.addfile(info, reader)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "app.tar.gz"
     with (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import shutil
 import tarfile
@@ -362,7 +363,8 @@ def test_bundle_refuses_a_tree_without_the_app(
 
 def test_every_flag_has_help() -> None:
     parser = deploy._parser()
-    subparsers = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    action = next(a for a in parser._actions if a.dest == "command")
+    subparsers: dict[str, argparse.ArgumentParser] = action.choices  # type: ignore[assignment]
     missing = [
         f"{name} {a.option_strings}"
         for name, sub in subparsers.items()
@@ -458,7 +460,6 @@ def test_update_model_waits_for_the_host_and_reports_a_rollback(
 ) -> None:
     assert _deploy(source_dir, _model(tmp_path)) == 0
     params = _params("mel")
-    cfn = boto3.client("cloudformation", region_name=REGION)
     # moto's describe_stack_resources fails on stacks holding types it does not model
     # (CloudFront); the stack's only instance is the host.
     (reservation,) = boto3.client("ec2", region_name=REGION).describe_instances()["Reservations"]

@@ -189,9 +189,7 @@ def test_scale_out_rolling_update_suspends_processes_and_keeps_a_host() -> None:
     rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
     assert rolling["MinInstancesInService"] == {"Ref": "MinInServiceDuringUpdate"}
     assert {"HealthCheck", "ReplaceUnhealthy", "AZRebalance"} <= set(rolling["SuspendProcesses"])
-    assert group["Properties"]["NotificationConfigurations"][0]["TopicARN"] == {
-        "Ref": "AlarmTopic"
-    }
+    assert group["Properties"]["NotificationConfigurations"][0]["TopicARN"] == {"Ref": "AlarmTopic"}
 
 
 def test_the_health_check_path_is_a_route_the_app_answers(client: Any) -> None:
