@@ -1,8 +1,10 @@
 #!/bin/bash
+# The sed expressions below are literal on purpose.
+# shellcheck disable=SC2016
 # Breakage drill: make each deliberate mistake named in issue 15, run the check that should
 # catch it, print what failed, and restore the file. Run from the repository root.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 run() { # name file sed-expr tests...
   local name=$1 file=$2 expr=$3; shift 3
   sed -i "$expr" "$file"
