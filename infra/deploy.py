@@ -203,7 +203,9 @@ def cmd_deploy(args: argparse.Namespace, session: Any) -> int:
     if "CloudFrontPrefixListId" not in previous:
         params["CloudFrontPrefixListId"] = cloudfront_prefix_list(session.client("ec2"))
     old_machine = wheelhouse.machine_for(previous.get("InstanceType", instance_type))
-    if existing is None or machine != old_machine:
+    # A stack made by an older template stored the AMI's SSM path, not a pinned id.
+    pinned = previous.get("ImageId", "").startswith("ami-")
+    if existing is None or machine != old_machine or not pinned:
         params["ImageId"] = latest_ami(session.client("ssm"), instance_type)
     if args.template == "scale-out":
         sizes = {
