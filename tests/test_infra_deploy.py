@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -178,12 +179,27 @@ def test_scale_out_deploy_passes_network_and_certificate_and_prints_https_url(
     assert params["MinInServiceDuringUpdate"] == "1"
 
 
+def _host_reports(monkeypatch: pytest.MonkeyPatch, bucket: str, report: dict[str, str]) -> None:
+    """Stand in for bootstrap.sh on the host: its status object, under its instance id."""
+    # moto's describe_stack_resources fails on stacks holding types it does not model
+    # (CloudFront); the stack's only instance is the host.
+    (reservation,) = boto3.client("ec2", region_name=REGION).describe_instances()["Reservations"]
+    instance = reservation["Instances"][0]["InstanceId"]
+    monkeypatch.setattr(deploy, "instance_id", lambda cfn, name: instance)
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=bucket, Key=f"mel/status/{instance}.json", Body=json.dumps(report)
+    )
+
+
 def test_update_model_swaps_only_the_model_and_keeps_other_settings(
-    aws: None, source_dir: Path, tmp_path: Path
+    aws: None, monkeypatch: pytest.MonkeyPatch, source_dir: Path, tmp_path: Path
 ) -> None:
     assert _deploy(source_dir, _model(tmp_path), "--ssh-cidr", "203.0.113.0/24") == 0
     before = _params("mel")
     new_model = _model(tmp_path, b"onnx-bytes-v2")
+    new = hashlib.sha256(b"onnx-bytes-v2").hexdigest()
+    report = {"state": "serving", "serving_sha256": new, "wanted_sha256": new}
+    _host_reports(monkeypatch, before["ArtifactBucket"], report)
 
     assert (
         deploy.main(
@@ -444,8 +460,6 @@ def test_artifact_bucket_is_tls_only_versioned_with_a_lifecycle(
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
-    import json
-
     (statement,) = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
     assert statement["Effect"] == "Deny"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -460,19 +474,11 @@ def test_update_model_waits_for_the_host_and_reports_a_rollback(
 ) -> None:
     assert _deploy(source_dir, _model(tmp_path)) == 0
     params = _params("mel")
-    # moto's describe_stack_resources fails on stacks holding types it does not model
-    # (CloudFront); the stack's only instance is the host.
-    (reservation,) = boto3.client("ec2", region_name=REGION).describe_instances()["Reservations"]
-    instance = reservation["Instances"][0]["InstanceId"]
-    monkeypatch.setattr(deploy, "instance_id", lambda cfn, name: instance)
     old = params["ModelSha256"]
     new = hashlib.sha256(b"onnx-bytes-v2").hexdigest()
     # What bootstrap.sh on the host writes when the new model fails readiness.
-    boto3.client("s3", region_name=REGION).put_object(
-        Bucket=params["ArtifactBucket"],
-        Key=f"mel/status/{instance}.json",
-        Body=f'{{"state": "rolled-back", "serving_sha256": "{old}", "wanted_sha256": "{new}"}}',
-    )
+    report = {"state": "rolled-back", "serving_sha256": old, "wanted_sha256": new}
+    _host_reports(monkeypatch, params["ArtifactBucket"], report)
     rc = deploy.main(
         [
             "update-model",
