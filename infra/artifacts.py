@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,17 @@ from typing import Any
 BUNDLE_PATHS = (
     "webapp",
     "requirements.txt",
+    "requirements.lock",
     "gunicorn.conf.py",
     "infra/host",
 )
-_REQUIRED = ("webapp", "requirements.txt", "gunicorn.conf.py", "infra/host/bootstrap.sh")
+_REQUIRED = (
+    "webapp",
+    "requirements.txt",
+    "requirements.lock",
+    "gunicorn.conf.py",
+    "infra/host/bootstrap.sh",
+)
 _SKIP_NAMES = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".onnx", ".onnx.data", ".ckpt", ".pt", ".pth")
 MANAGED_TAG = ("managed-by", "melanoma-infra-deploy")
@@ -59,19 +67,28 @@ def _bundle_files(source_dir: Path) -> list[Path]:
     return files
 
 
-def build_bundle(source_dir: Path, out_dir: Path, stack_name: str) -> Artifact:
-    """Tar and gzip the serving files byte-for-byte reproducibly.
+def build_bundle(
+    source_dir: Path, out_dir: Path, stack_name: str, wheelhouse: Path | None = None
+) -> Artifact:
+    """Tar and gzip the serving files (and the wheelhouse) byte-for-byte reproducibly.
 
     Same tree, same bytes, same key: an unchanged app does not trigger a redeploy.
+    wheelhouse holds one folder per machine name (x86_64, aarch64) and lands as wheelhouse/.
     """
+    entries = [(source_dir / rel, rel.as_posix()) for rel in _bundle_files(source_dir)]
+    if wheelhouse is not None:
+        entries += [
+            (path, f"wheelhouse/{path.relative_to(wheelhouse).as_posix()}")
+            for path in sorted(wheelhouse.rglob("*.whl"))
+        ]
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in _bundle_files(source_dir):
-            info = tar.gettarinfo(str(source_dir / rel), arcname=rel.as_posix())
+        for source, arcname in entries:
+            info = tar.gettarinfo(str(source), arcname=arcname)
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
             info.mode = 0o755 if info.mode & 0o111 else 0o644
-            with (source_dir / rel).open("rb") as handle:
-                tar.addfile(info, handle)
+            with source.open("rb") as reader:
+                tar.addfile(info, reader)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "app.tar.gz"
     with (
@@ -98,20 +115,28 @@ def model_artifact(model_path: Path, stack_name: str) -> Artifact:
     return Artifact(path=model_path, key=f"{stack_name}/models/{digest}.onnx", sha256=digest)
 
 
-def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
-    """Create the private, encrypted artifact bucket unless it already exists."""
+def ensure_bucket(s3: Any, bucket: str, region: str, owner: str) -> None:
+    """Create the private, encrypted, versioned, TLS-only artifact bucket unless it exists.
+
+    Settings are (re)applied either way, so a bucket made by an older deploy catches up.
+    """
     try:
-        s3.head_bucket(Bucket=bucket)
-        return
+        s3.head_bucket(Bucket=bucket, ExpectedBucketOwner=owner)
     except s3.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
             raise
-    kwargs: dict[str, Any] = {"Bucket": bucket}
-    if region != "us-east-1":
-        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-    s3.create_bucket(**kwargs)
+        kwargs: dict[str, Any] = {"Bucket": bucket}
+        if region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        s3.create_bucket(**kwargs)
+        s3.put_bucket_tagging(
+            Bucket=bucket,
+            ExpectedBucketOwner=owner,
+            Tagging={"TagSet": [{"Key": MANAGED_TAG[0], "Value": MANAGED_TAG[1]}]},
+        )
     s3.put_public_access_block(
         Bucket=bucket,
+        ExpectedBucketOwner=owner,
         PublicAccessBlockConfiguration={
             "BlockPublicAcls": True,
             "IgnorePublicAcls": True,
@@ -121,19 +146,56 @@ def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
     )
     s3.put_bucket_encryption(
         Bucket=bucket,
+        ExpectedBucketOwner=owner,
         ServerSideEncryptionConfiguration={
             "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
         },
     )
-    s3.put_bucket_tagging(
-        Bucket=bucket, Tagging={"TagSet": [{"Key": MANAGED_TAG[0], "Value": MANAGED_TAG[1]}]}
+    # Versions let a model or bundle overwritten by mistake come back; the lifecycle rule
+    # keeps old versions from costing money forever.
+    s3.put_bucket_versioning(
+        Bucket=bucket, ExpectedBucketOwner=owner, VersioningConfiguration={"Status": "Enabled"}
+    )
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket,
+        ExpectedBucketOwner=owner,
+        LifecycleConfiguration={"Rules": [LIFECYCLE_RULE]},
+    )
+    s3.put_bucket_policy(
+        Bucket=bucket, ExpectedBucketOwner=owner, Policy=json.dumps(tls_only_policy(bucket))
     )
 
 
-def upload(s3: Any, bucket: str, artifact: Artifact) -> bool:
+LIFECYCLE_RULE: dict[str, Any] = {
+    "ID": "expire-old-versions",
+    "Status": "Enabled",
+    "Filter": {"Prefix": ""},
+    "NoncurrentVersionExpiration": {"NoncurrentDays": 30},
+    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+}
+
+
+def tls_only_policy(bucket: str) -> dict[str, Any]:
+    """Refuse every request to the bucket that does not arrive over TLS."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DenyPlainHttp",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
+    }
+
+
+def upload(s3: Any, bucket: str, artifact: Artifact, owner: str) -> bool:
     """Upload unless the content-addressed key is already there; True when uploaded."""
     try:
-        s3.head_object(Bucket=bucket, Key=artifact.key)
+        s3.head_object(Bucket=bucket, Key=artifact.key, ExpectedBucketOwner=owner)
         return False
     except s3.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
@@ -142,30 +204,37 @@ def upload(s3: Any, bucket: str, artifact: Artifact) -> bool:
         str(artifact.path),
         bucket,
         artifact.key,
-        ExtraArgs={"Metadata": {"sha256": artifact.sha256}},
+        ExtraArgs={"Metadata": {"sha256": artifact.sha256}, "ExpectedBucketOwner": owner},
     )
     return True
 
 
-def delete_stack_objects(s3: Any, bucket: str, stack_name: str) -> int:
-    """Delete every object under the stack's prefix, then the bucket if it is ours and empty."""
+def delete_stack_objects(s3: Any, bucket: str, stack_name: str, owner: str) -> int:
+    """Delete every version under the stack's prefix, then the bucket if it is ours and empty."""
     deleted = 0
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=f"{stack_name}/"):
-        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+    paginator = s3.get_paginator("list_object_versions")
+    pages = paginator.paginate(Bucket=bucket, Prefix=f"{stack_name}/", ExpectedBucketOwner=owner)
+    for page in pages:
+        keys = [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
         if keys:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            s3.delete_objects(
+                Bucket=bucket,
+                ExpectedBucketOwner=owner,
+                Delete={"Objects": keys, "Quiet": True},
+            )
             deleted += len(keys)
-    if s3.list_objects_v2(Bucket=bucket, MaxKeys=1).get("KeyCount", 0) == 0 and _is_managed(
-        s3, bucket
-    ):
-        s3.delete_bucket(Bucket=bucket)
+    left = s3.list_object_versions(Bucket=bucket, MaxKeys=1, ExpectedBucketOwner=owner)
+    if not (left.get("Versions") or left.get("DeleteMarkers")) and _is_managed(s3, bucket, owner):
+        s3.delete_bucket(Bucket=bucket, ExpectedBucketOwner=owner)
     return deleted
 
 
-def _is_managed(s3: Any, bucket: str) -> bool:
+def _is_managed(s3: Any, bucket: str, owner: str) -> bool:
     try:
-        tags = s3.get_bucket_tagging(Bucket=bucket).get("TagSet", [])
+        tags = s3.get_bucket_tagging(Bucket=bucket, ExpectedBucketOwner=owner).get("TagSet", [])
     except s3.exceptions.ClientError:
         return False
     return {"Key": MANAGED_TAG[0], "Value": MANAGED_TAG[1]} in tags

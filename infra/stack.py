@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,7 @@ def _wait(cfn: Any, waiter_name: str, stack_name: str, delay: int, timeout: int)
     except WaiterError as exc:
         status = exc.last_response.get("Stacks", [{}])[0].get("StackStatus", exc)
         raise StackError(
-            f"{stack_name}: {waiter_name} failed ({status})"
-            f"{_failure_reasons(cfn, stack_name)}"
+            f"{stack_name}: {waiter_name} failed ({status}){_failure_reasons(cfn, stack_name)}"
         ) from None
 
 
@@ -119,48 +119,120 @@ def _failure_reasons(cfn: Any, stack_name: str) -> str:
     return "; " + "; ".join(reasons) if reasons else ""
 
 
-def create_or_update(
+@dataclass(frozen=True)
+class Change:
+    """One resource a change set would touch, as the operator reads it."""
+
+    action: str
+    logical_id: str
+    resource_type: str
+    replacement: str
+
+    def describe(self) -> str:
+        replaced = self.replacement not in ("", "False")
+        suffix = f" (replacement: {self.replacement})" if replaced else ""
+        return f"{self.action:<7} {self.logical_id} [{self.resource_type}]{suffix}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A created change set: what it would do, and whether that replaces anything."""
+
+    name: str
+    kind: str
+    changes: tuple[Change, ...]
+
+    @property
+    def replaces(self) -> tuple[Change, ...]:
+        # "Conditional" replacement depends on values only known at run time: treat as real.
+        return tuple(c for c in self.changes if c.replacement in ("True", "Conditional"))
+
+
+def parameter_list(
+    given: dict[str, str], previous: set[str], wanted: set[str]
+) -> list[dict[str, Any]]:
+    """Values given now, UsePreviousValue for the rest the stack already has and still takes.
+
+    CloudFormation keeps the stored value itself (a NoEcho or resolved value included), so
+    nothing falls back to a default or gets recomputed on a later deploy.
+    """
+    keep = sorted((previous & wanted) - given.keys())
+    return [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(given.items())] + [
+        {"ParameterKey": k, "UsePreviousValue": True} for k in keep
+    ]
+
+
+def plan(
     cfn: Any,
     stack_name: str,
     template_body: str | None,
-    params: dict[str, str],
-    delay: int = 15,
-    timeout: int = 1800,
-) -> str:
-    """Create the stack or update it in place; wait; return 'created', 'updated' or 'unchanged'.
-
-    template_body None reuses the stack's template. Parameters left out take the template's
-    default, so callers pass the values they mean to keep.
-    """
+    parameters: list[dict[str, Any]],
+    delay: int = 5,
+) -> Plan | None:
+    """Create a change set for the stack (new or existing); None when it would change nothing."""
     existing = describe(cfn, stack_name)
     if existing and existing["StackStatus"] in _DEAD_STATES:
         raise StackError(
             f"{stack_name} is {existing['StackStatus']} after a failed deploy; run teardown first"
         )
-    cfn_params = [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(params.items())]
+    if existing is None and template_body is None:
+        raise StackError(f"stack {stack_name} does not exist; run deploy first")
+    kind = "CREATE" if existing is None else "UPDATE"
+    name = f"{stack_name}-{int(time.time())}"
     template = (
         {"TemplateBody": template_body}
         if template_body is not None
         else {"UsePreviousTemplate": True}
     )
-    common = {
-        "StackName": stack_name,
-        "Parameters": cfn_params,
-        "Capabilities": ["CAPABILITY_IAM"],
+    cfn.create_change_set(
+        StackName=stack_name,
+        ChangeSetName=name,
+        ChangeSetType=kind,
+        Parameters=parameters,
+        Capabilities=["CAPABILITY_IAM"],
+        Tags=[{"Key": "app", "Value": "melanoma"}],
         **template,
-    }
-    if existing is None:
-        if template_body is None:
-            raise StackError(f"stack {stack_name} does not exist; run deploy first")
-        cfn.create_stack(**common, Tags=[{"Key": "app", "Value": "melanoma"}])
+    )
+    try:
+        cfn.get_waiter("change_set_create_complete").wait(
+            StackName=stack_name, ChangeSetName=name, WaiterConfig={"Delay": delay}
+        )
+    except WaiterError:
+        pass
+    found = cfn.describe_change_set(StackName=stack_name, ChangeSetName=name)
+    if found["Status"] == "FAILED":
+        reason = found.get("StatusReason", "")
+        cfn.delete_change_set(StackName=stack_name, ChangeSetName=name)
+        if "didn't contain changes" in reason or "No updates" in reason:
+            return None
+        raise StackError(f"{stack_name}: change set failed: {reason}")
+    changes = tuple(
+        Change(
+            action=rc.get("Action", ""),
+            logical_id=rc.get("LogicalResourceId", ""),
+            resource_type=rc.get("ResourceType", ""),
+            replacement=str(rc.get("Replacement", "")),
+        )
+        for rc in (c.get("ResourceChange", {}) for c in found.get("Changes", []))
+    )
+    return Plan(name=name, kind=kind, changes=changes)
+
+
+def discard(cfn: Any, stack_name: str, change_set: Plan) -> None:
+    cfn.delete_change_set(StackName=stack_name, ChangeSetName=change_set.name)
+    if change_set.kind == "CREATE":
+        # A create change set leaves a REVIEW_IN_PROGRESS stack shell behind.
+        cfn.delete_stack(StackName=stack_name)
+
+
+def execute(
+    cfn: Any, stack_name: str, change_set: Plan, delay: int = 15, timeout: int = 1800
+) -> str:
+    """Run the change set and wait for the stack; return 'created' or 'updated'."""
+    cfn.execute_change_set(StackName=stack_name, ChangeSetName=change_set.name)
+    if change_set.kind == "CREATE":
         _wait(cfn, "stack_create_complete", stack_name, delay, timeout)
         return "created"
-    try:
-        cfn.update_stack(**common)
-    except ClientError as exc:
-        if "No updates are to be performed" in exc.response.get("Error", {}).get("Message", ""):
-            return "unchanged"
-        raise
     _wait(cfn, "stack_update_complete", stack_name, delay, timeout)
     return "updated"
 

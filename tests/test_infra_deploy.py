@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -27,6 +29,16 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    # moto ignores a policy's Condition, so the bucket's TLS-only deny (aws:SecureTransport
+    # false) would refuse every request; real S3 sees these requests arrive over TLS.
+    from moto.iam.access_control import PermissionResult
+    from moto.s3.models import FakeBucket
+
+    monkeypatch.setattr(
+        FakeBucket, "get_permission", lambda self, *a, **k: PermissionResult.NEUTRAL
+    )
+    # The real loader is tested on a real model below; here the bytes are stand-ins.
+    monkeypatch.setattr(deploy.model_check, "validate_model", lambda path: "stand-in model")
     with mock_aws():
         yield
 
@@ -41,6 +53,7 @@ def source_dir(tmp_path: Path) -> Path:
     (root / "webapp" / "__pycache__").mkdir()
     (root / "webapp" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
     (root / "requirements.txt").write_text("flask==3.1.3\nonnxruntime==1.31.1\n")
+    (root / "requirements.lock").write_text("flask==3.1.3 --hash=sha256:" + "0" * 64 + "\n")
     (root / "gunicorn.conf.py").write_text("bind = '127.0.0.1:8000'\n")
     (root / "tests").mkdir()
     (root / "tests" / "test_x.py").write_text("")
@@ -63,6 +76,14 @@ def _params(stack_name: str) -> dict[str, str]:
     return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
 
 
+def _wheelhouse(source_dir: Path) -> Path:
+    wheels = source_dir.parent / "wheelhouse"
+    for machine in ("x86_64", "aarch64"):
+        (wheels / machine).mkdir(parents=True, exist_ok=True)
+        (wheels / machine / f"flask-3.1.3-py3-none-{machine}.whl").write_bytes(b"wheel")
+    return wheels
+
+
 def _deploy(source_dir: Path, model: Path, *extra: str, stack: str = "mel") -> int:
     return deploy.main(
         [
@@ -73,6 +94,8 @@ def _deploy(source_dir: Path, model: Path, *extra: str, stack: str = "mel") -> i
             str(model),
             "--source-dir",
             str(source_dir),
+            "--wheelhouse",
+            str(_wheelhouse(source_dir)),
             "--poll-seconds",
             "1",
             *extra,
@@ -88,7 +111,10 @@ def test_deploy_creates_stack_with_model_hash_and_uploads_both_artifacts(
 
     params = _params("mel")
     assert params["ModelSha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
-    assert params["InstanceType"] == "t2.micro" and params["CpuCredits"] == "standard"
+    assert params["InstanceType"] == "t3.micro" and params["CpuCredits"] == "standard"
+    assert params["ImageId"].startswith("ami-") and params["CloudFrontPrefixListId"].startswith(
+        "pl-"
+    )
     assert params["SshCidr"] == ""
     assert params["VpcId"].startswith("vpc-") and params["SubnetId"].startswith("subnet-")
     bucket = params["ArtifactBucket"]
@@ -102,7 +128,9 @@ def test_deploy_creates_stack_with_model_hash_and_uploads_both_artifacts(
     ]
 
     out = capsys.readouterr().out
-    assert "stack mel: created" in out and "Url: http://" in out
+    # moto has no CloudFront, so the stack's https Url output is checked in the template tests.
+    assert "stack mel: created" in out
+    assert "change set mel-" in out
 
 
 def test_bundle_holds_the_serving_files_only_and_is_reproducible(
@@ -148,16 +176,30 @@ def test_scale_out_deploy_passes_network_and_certificate_and_prints_https_url(
     params = _params("melfleet")
     assert params["CertificateArn"] == cert["CertificateArn"] and params["MaxSize"] == "4"
     assert len(params["SubnetIds"].split(",")) >= 2 and "/" in params["VpcCidr"]
-    url = [line for line in capsys.readouterr().out.splitlines() if line.startswith("https://")]
-    assert url and ".elb.amazonaws.com" in url[0]
+    assert params["MinInServiceDuringUpdate"] == "1"
+
+
+def _host_reports(monkeypatch: pytest.MonkeyPatch, bucket: str, report: dict[str, str]) -> None:
+    """Stand in for bootstrap.sh on the host: its status object, under its instance id."""
+    # moto's describe_stack_resources fails on stacks holding types it does not model
+    # (CloudFront); the stack's only instance is the host.
+    (reservation,) = boto3.client("ec2", region_name=REGION).describe_instances()["Reservations"]
+    instance = reservation["Instances"][0]["InstanceId"]
+    monkeypatch.setattr(deploy, "instance_id", lambda cfn, name: instance)
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=bucket, Key=f"mel/status/{instance}.json", Body=json.dumps(report)
+    )
 
 
 def test_update_model_swaps_only_the_model_and_keeps_other_settings(
-    aws: None, source_dir: Path, tmp_path: Path
+    aws: None, monkeypatch: pytest.MonkeyPatch, source_dir: Path, tmp_path: Path
 ) -> None:
     assert _deploy(source_dir, _model(tmp_path), "--ssh-cidr", "203.0.113.0/24") == 0
     before = _params("mel")
     new_model = _model(tmp_path, b"onnx-bytes-v2")
+    new = hashlib.sha256(b"onnx-bytes-v2").hexdigest()
+    report = {"state": "serving", "serving_sha256": new, "wanted_sha256": new}
+    _host_reports(monkeypatch, before["ArtifactBucket"], report)
 
     assert (
         deploy.main(
@@ -211,7 +253,7 @@ def test_teardown_deletes_stack_artifacts_and_the_bucket_it_made(
     assert live == []
     names = [b["Name"] for b in boto3.client("s3", region_name=REGION).list_buckets()["Buckets"]]
     assert bucket not in names
-    assert "deleted 2 object(s)" in capsys.readouterr().out
+    assert "deleted 2 object version(s)" in capsys.readouterr().out
 
 
 def test_teardown_leaves_other_stacks_artifacts_alone(
@@ -337,7 +379,8 @@ def test_bundle_refuses_a_tree_without_the_app(
 
 def test_every_flag_has_help() -> None:
     parser = deploy._parser()
-    subparsers = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    action = next(a for a in parser._actions if a.dest == "command")
+    subparsers: dict[str, argparse.ArgumentParser] = action.choices  # type: ignore[assignment]
     missing = [
         f"{name} {a.option_strings}"
         for name, sub in subparsers.items()
@@ -345,3 +388,132 @@ def test_every_flag_has_help() -> None:
         if a.option_strings and not a.help
     ]
     assert missing == []
+
+
+def test_redeploy_keeps_the_network_and_ami_given_at_create_time(
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
+    model = _model(tmp_path)
+    assert _deploy(source_dir, model, "--vpc-id", vpc, "--subnet-id", subnet) == 0
+    first = _params("mel")
+    (source_dir / "webapp" / "views.py").write_text("# changed app\n")
+    assert _deploy(source_dir, model) == 0
+    after = _params("mel")
+    assert (after["VpcId"], after["SubnetId"], after["ImageId"]) == (vpc, subnet, first["ImageId"])
+    assert after["AppKey"] != first["AppKey"]
+
+
+def test_a_change_set_that_replaces_something_stops_without_yes(
+    aws: None,
+    monkeypatch: pytest.MonkeyPatch,
+    source_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = _model(tmp_path)
+    assert _deploy(source_dir, model) == 0
+    before = _params("mel")
+    real_plan = deploy.stack.plan
+
+    def replacing_plan(*args: object, **kwargs: object) -> deploy.stack.Plan | None:
+        found = real_plan(*args, **kwargs)  # type: ignore[arg-type]
+        assert found is not None
+        instance = deploy.stack.Change("Modify", "Instance", "AWS::EC2::Instance", "True")
+        return deploy.stack.Plan(found.name, found.kind, (*found.changes, instance))
+
+    monkeypatch.setattr(deploy.stack, "plan", replacing_plan)
+    assert _deploy(source_dir, model, "--instance-type", "t3.small") == deploy.EXIT_STOPPED
+    assert "would replace Instance" in capsys.readouterr().err
+    assert _params("mel") == before
+    assert _deploy(source_dir, model, "--instance-type", "t3.small", "--yes") == 0
+    assert _params("mel")["InstanceType"] == "t3.small"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "group_max", "in_service"),
+    [((1, 1, 1), "2", "1"), ((0, 1, 1), "2", "1"), ((0, 3, 0), "3", "0"), ((2, 2, 2), "3", "2")],
+)
+def test_rolling_update_sizes_work_at_every_size(
+    sizes: tuple[int, int, int], group_max: str, in_service: str
+) -> None:
+    got = deploy.rolling_sizes(*sizes)
+    assert (got["MaxSize"], got["MinInServiceDuringUpdate"]) == (group_max, in_service)
+    assert int(got["MinInServiceDuringUpdate"]) < int(got["MaxSize"])
+
+
+def test_deploy_waits_longer_than_a_rolling_update_of_every_host() -> None:
+    assert deploy.wait_seconds({"MaxSize": "4"}, {}) > (
+        deploy.CREATE_SECONDS + 4 * deploy.PAUSE_SECONDS
+    )
+
+
+def test_artifact_bucket_is_tls_only_versioned_with_a_lifecycle(
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
+    assert _deploy(source_dir, _model(tmp_path)) == 0
+    bucket = _params("mel")["ArtifactBucket"]
+    s3 = boto3.client("s3", region_name=REGION)
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    (statement,) = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_update_model_waits_for_the_host_and_reports_a_rollback(
+    aws: None,
+    monkeypatch: pytest.MonkeyPatch,
+    source_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _deploy(source_dir, _model(tmp_path)) == 0
+    params = _params("mel")
+    old = params["ModelSha256"]
+    new = hashlib.sha256(b"onnx-bytes-v2").hexdigest()
+    # What bootstrap.sh on the host writes when the new model fails readiness.
+    report = {"state": "rolled-back", "serving_sha256": old, "wanted_sha256": new}
+    _host_reports(monkeypatch, params["ArtifactBucket"], report)
+    rc = deploy.main(
+        [
+            "update-model",
+            "--stack-name",
+            "mel",
+            "--model",
+            str(_model(tmp_path, b"onnx-bytes-v2")),
+            "--poll-seconds",
+            "1",
+            "--host-timeout",
+            "5",
+        ]
+    )
+    assert rc == 1
+    assert f"rolled-back: it serves {old}" in capsys.readouterr().err
+
+
+def test_deploy_refuses_a_model_onnxruntime_cannot_load(tmp_path: Path) -> None:
+    from infra import model_check
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(artifacts.ArtifactError, match="broken.onnx"):
+        model_check.validate_model(broken)
+
+
+def test_deploy_accepts_a_real_exported_model(tiny_onnx_model: Path) -> None:
+    from infra import model_check
+
+    assert model_check.validate_model(tiny_onnx_model)
+
+
+def test_bundle_carries_the_lock_and_the_wheelhouse(source_dir: Path, tmp_path: Path) -> None:
+    bundle = artifacts.build_bundle(source_dir, tmp_path / "out", "mel", _wheelhouse(source_dir))
+    with tarfile.open(bundle.path) as tar:
+        names = set(tar.getnames())
+    assert "requirements.lock" in names
+    assert "wheelhouse/x86_64/flask-3.1.3-py3-none-x86_64.whl" in names

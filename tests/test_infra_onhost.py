@@ -80,6 +80,7 @@ def test_render_cli_writes_unit_env_and_site(tmp_path: Path) -> None:
         ({"model_sha256": "abc"}, "64 lowercase hex"),
         ({"bind": "127.0.0.1:8000; evil"}, "bind"),
         ({"timeout": 120, "proxy_read_timeout": 60}, "proxy_read_timeout"),
+        ({"front": "cloudflare"}, "front must be one of"),
     ],
 )
 def test_render_refuses_values_that_would_break_a_config(
@@ -87,6 +88,23 @@ def test_render_refuses_values_that_would_break_a_config(
 ) -> None:
     with pytest.raises(RenderError, match=words):
         render.render_all(_local_config(**overrides), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("front", "cidr", "proto"),
+    [
+        ("", "", "$scheme"),
+        ("alb", "10.0.0.0/16", "$http_x_forwarded_proto"),
+        ("cloudfront", "10.0.0.0/16", "$http_cloudfront_forwarded_proto"),
+        ("cloudfront", "", "$http_cloudfront_forwarded_proto"),
+    ],
+)
+def test_the_app_learns_the_visitors_scheme_from_whatever_terminates_tls(
+    tmp_path: Path, front: str, cidr: str, proto: str
+) -> None:
+    config = _local_config(front=front, trusted_proxy_cidr=cidr)
+    site = render.render_all(config, tmp_path)[render.SITE_NAME].read_text()
+    assert f"proxy_set_header X-Forwarded-Proto {proto};" in site
 
 
 def test_render_refuses_an_unknown_placeholder() -> None:

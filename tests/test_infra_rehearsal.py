@@ -133,8 +133,9 @@ def host(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ):
         try:
             _wait_ready(port, timeout=90)
-            yield Host(port=port, app_port=app_port, access_log=access_log,
-                       model_cache=root / "cache")
+            yield Host(
+                port=port, app_port=app_port, access_log=access_log, model_cache=root / "cache"
+            )
         finally:
             log.close()
 

@@ -97,21 +97,6 @@ def test_infra_holds_no_ami_ids_account_ids_or_keys() -> None:
 
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
-def test_ami_comes_from_the_ssm_public_parameter(path: Path) -> None:
-    image = _load(path)["Parameters"]["ImageId"]
-    assert image["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
-    assert image["Default"].startswith("/aws/service/ami-amazon-linux-latest/")
-
-
-def test_single_instance_defaults_to_t2_micro_with_credit_mode_parameter() -> None:
-    template = _load(SINGLE)
-    assert template["Parameters"]["InstanceType"]["Default"] == "t2.micro"
-    assert template["Parameters"]["CpuCredits"]["AllowedValues"] == ["standard", "unlimited"]
-    instance = template["Resources"]["Instance"]["Properties"]
-    assert instance["CreditSpecification"] == {"CPUCredits": {"Ref": "CpuCredits"}}
-
-
-@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
 def test_hosts_require_imdsv2_and_encrypt_the_root_volume(path: Path) -> None:
     template = _load(path)
     (data,) = [
@@ -125,70 +110,6 @@ def test_hosts_require_imdsv2_and_encrypt_the_root_volume(path: Path) -> None:
         or template["Resources"]["Instance"]["Properties"]["BlockDeviceMappings"]
     )
     assert all(m["Ebs"]["Encrypted"] is True for m in mappings)
-
-
-def test_single_instance_opens_only_http_https_and_ssh_is_off_by_default() -> None:
-    template = _load(SINGLE)
-    group = template["Resources"]["WebSecurityGroup"]["Properties"]
-    assert sorted(
-        (r["FromPort"], r["ToPort"], r["CidrIp"]) for r in group["SecurityGroupIngress"]
-    ) == [(80, 80, "0.0.0.0/0"), (443, 443, "0.0.0.0/0")]
-    assert template["Parameters"]["SshCidr"]["Default"] == ""
-    ssh = template["Resources"]["SshIngress"]
-    assert ssh["Condition"] == "HasSshCidr" and ssh["Properties"]["FromPort"] == 22
-    assert template["Conditions"]["HasSshCidr"] == {
-        "Fn::Not": [{"Fn::Equals": [{"Ref": "SshCidr"}, ""]}]
-    }
-
-
-def test_scale_out_hosts_take_traffic_only_from_the_load_balancer() -> None:
-    template = _load(SCALE_OUT)
-    (rule,) = template["Resources"]["HostSecurityGroup"]["Properties"]["SecurityGroupIngress"]
-    assert rule["FromPort"] == 80 and rule["SourceSecurityGroupId"] == {
-        "Fn::GetAtt": ["LoadBalancerSecurityGroup", "GroupId"]
-    }
-
-
-@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
-def test_instance_role_reads_only_its_own_artifacts(path: Path) -> None:
-    role = _load(path)["Resources"]["InstanceRole"]["Properties"]
-    statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
-    actions = sorted(
-        a
-        for s in statements
-        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
-    )
-    assert actions == [
-        "cloudformation:DescribeStackResource",
-        "cloudformation:SignalResource",
-        "s3:GetObject",
-    ]
-    resources = {str(s["Resource"]) for s in statements}
-    assert all("*" not in r or "${ArtifactBucket}/${AWS::StackName}/*" in r for r in resources), (
-        resources
-    )
-    assert {"Ref": "AWS::StackId"} in [s["Resource"] for s in statements]
-
-
-def test_scale_out_has_asg_bounds_cpu_tracking_health_checks_and_optional_https() -> None:
-    template = _load(SCALE_OUT)
-    params, res = template["Parameters"], template["Resources"]
-    group = res["AutoScalingGroup"]["Properties"]
-    assert {group[k]["Ref"] for k in ("MinSize", "MaxSize", "DesiredCapacity")} == {
-        "MinSize",
-        "MaxSize",
-        "DesiredCapacity",
-    }
-    tracking = res["CpuTargetTracking"]["Properties"]["TargetTrackingConfiguration"]
-    assert (
-        tracking["PredefinedMetricSpecification"]["PredefinedMetricType"]
-        == "ASGAverageCPUUtilization"
-    )
-    assert params["HealthCheckPath"]["Default"] == "/healthz"
-    assert res["TargetGroup"]["Properties"]["HealthCheckPath"] == {"Ref": "HealthCheckPath"}
-    assert params["CertificateArn"]["Default"] == ""
-    assert res["HttpsListener"]["Condition"] == "HasCertificate"
-    assert res["HttpForwardListener"]["Condition"] == "NoCertificate"
 
 
 def _user_data_scripts() -> list[tuple[str, str]]:
@@ -212,3 +133,103 @@ def test_user_data_passes_shellcheck(where: str, script: str) -> None:
         ["shellcheck", "--shell=bash", "-"], input=shell, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, f"{where}\n{result.stdout}"
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_ami_is_a_pinned_id_not_the_public_parameter(path: Path) -> None:
+    image = _load(path)["Parameters"]["ImageId"]
+    assert image["Type"] == "AWS::EC2::Image::Id" and "Default" not in image
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_instance_role_reads_only_its_artifacts_and_its_one_secret(path: Path) -> None:
+    template = _load(path)
+    role = template["Resources"]["InstanceRole"]["Properties"]
+    assert "ManagedPolicyArns" not in role
+    statements = {
+        s["Sid"]: s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]
+    }
+    assert statements["ReadAppSecret"]["Resource"] == {"Ref": "AppSecret"}
+    assert statements["ReadAppSecret"]["Action"] == "secretsmanager:GetSecretValue"
+    assert "${ArtifactBucket}/${AWS::StackName}/*" in str(statements["ReadOwnArtifacts"])
+    assert "/status/*" in str(statements["ReportStatus"]["Resource"])
+    assert template["Parameters"]["EnableSessionManager"]["Default"] == "false"
+
+
+def test_single_instance_takes_http_from_cloudfront_only() -> None:
+    template = _load(SINGLE)
+    (rule,) = template["Resources"]["WebSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert rule["FromPort"] == 80 and rule["SourcePrefixListId"] == {
+        "Ref": "CloudFrontPrefixListId"
+    }
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_https_by_default_with_redirect_and_hsts(path: Path) -> None:
+    res = _load(path)["Resources"]
+    behaviour = res["Distribution"]["Properties"]["DistributionConfig"]["DefaultCacheBehavior"]
+    assert behaviour["ViewerProtocolPolicy"] == "redirect-to-https"
+    hsts = res["SecurityHeadersPolicy"]["Properties"]["ResponseHeadersPolicyConfig"][
+        "SecurityHeadersConfig"
+    ]["StrictTransportSecurity"]
+    assert hsts["AccessControlMaxAgeSec"] >= 31536000
+
+
+def test_scale_out_with_a_certificate_redirects_and_sends_hsts() -> None:
+    res = _load(SCALE_OUT)["Resources"]
+    redirect = res["HttpRedirectListener"]["Properties"]["DefaultActions"][0]
+    assert redirect["RedirectConfig"]["Protocol"] == "HTTPS"
+    (attr,) = res["HttpsListener"]["Properties"]["ListenerAttributes"]
+    assert attr["Value"].startswith("max-age=")
+
+
+def test_scale_out_rolling_update_suspends_processes_and_keeps_a_host() -> None:
+    template = _load(SCALE_OUT)
+    group = template["Resources"]["AutoScalingGroup"]
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["MinInstancesInService"] == {"Ref": "MinInServiceDuringUpdate"}
+    assert {"HealthCheck", "ReplaceUnhealthy", "AZRebalance"} <= set(rolling["SuspendProcesses"])
+    assert group["Properties"]["NotificationConfigurations"][0]["TopicARN"] == {"Ref": "AlarmTopic"}
+
+
+def test_the_health_check_path_is_a_route_the_app_answers(client: Any) -> None:
+    path = _load(SCALE_OUT)["Parameters"]["HealthCheckPath"]["Default"]
+    assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_alarms_cover_errors_status_checks_and_cpu_credits(path: Path) -> None:
+    res = _load(path)["Resources"]
+    alarms = _resources(_load(path), "AWS::CloudWatch::Alarm")
+    assert {"ServerErrorRateAlarm", "StatusCheckAlarm", "CpuCreditAlarm"} <= set(alarms)
+    assert all(a["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}] for a in alarms.values())
+    assert res["AlarmEmail"]["Condition"] == "HasAlertEmail"
+    assert res["Budget"]["Condition"] == "HasBudget"
+
+
+def _signal_and_init_targets(path: Path) -> list[tuple[str, str]]:
+    text = path.read_text(encoding="utf-8")
+    found = re.findall(r"(cfn-signal|cfn-init)\b[^\n]*--resource (\w+)", text)
+    found += [("hook", m) for m in re.findall(r"path=Resources\.(\w+)\.Metadata", text)]
+    return found
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_cfn_signal_init_and_hook_name_real_resources(path: Path) -> None:
+    res = _load(path)["Resources"]
+    targets = _signal_and_init_targets(path)
+    assert {tool for tool, _ in targets} >= {"cfn-signal", "cfn-init"}
+    for tool, name in targets:
+        assert name in res, f"{tool} names {name}, which the template lacks"
+        if tool == "cfn-signal":
+            assert "CreationPolicy" in res[name], f"{name} waits for no signal"
+        else:
+            assert "AWS::CloudFormation::Init" in res[name].get("Metadata", {}), name
+
+
+def test_cfn_hup_runs_as_its_own_systemd_unit() -> None:
+    init = _load(SINGLE)["Resources"]["Instance"]["Metadata"]["AWS::CloudFormation::Init"]
+    files = init["deploy"]["files"]
+    unit = files["/etc/systemd/system/cfn-hup.service"]["content"]
+    assert "ExecStart=/opt/aws/bin/cfn-hup --no-daemon" in unit
+    assert init["deploy"]["services"]["systemd"]["cfn-hup"]["enabled"] == "true"

@@ -4,8 +4,11 @@
 # inputs changes nothing and a run with a new model or bundle swaps only what differs.
 #
 # Usage: bootstrap.sh --bundle APP_TAR_GZ --deploy-env FILE
-#   FILE sets ARTIFACT_BUCKET, MODEL_KEY, MODEL_SHA256, AWS_REGION and optionally
-#   SWAP_MIB (default 1024) and TRUSTED_PROXY_CIDR (set behind a load balancer).
+#   FILE sets STACK_NAME, ARTIFACT_BUCKET, BUCKET_OWNER, MODEL_KEY, MODEL_SHA256, SECRET_ID,
+#   APP_LOG_GROUP, ACCESS_LOG_GROUP, AWS_REGION and optionally SWAP_MIB (default 1024),
+#   TRUSTED_PROXY_CIDR (behind a load balancer) and FRONT (cloudfront or alb).
+# A model that does not become ready is swapped back for the one served before; either way
+# the host reports what it serves to s3://ARTIFACT_BUCKET/STACK_NAME/status/INSTANCE.json.
 set -euo pipefail
 
 PREFIX=${MELANOMA_PREFIX:-/opt/melanoma}
@@ -23,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --bundle) bundle=$2; shift 2 ;;
         --deploy-env) deploy_env=$2; shift 2 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
@@ -33,10 +36,17 @@ done
 
 # shellcheck source=/dev/null
 . "$deploy_env"
-: "${ARTIFACT_BUCKET:?missing in deploy env}" "${MODEL_KEY:?missing in deploy env}"
-: "${MODEL_SHA256:?missing in deploy env}" "${AWS_REGION:?missing in deploy env}"
+: "${STACK_NAME:?missing in deploy env}" "${ARTIFACT_BUCKET:?missing in deploy env}"
+: "${BUCKET_OWNER:?missing in deploy env}" "${MODEL_KEY:?missing in deploy env}"
+: "${MODEL_SHA256:?missing in deploy env}" "${SECRET_ID:?missing in deploy env}"
+: "${APP_LOG_GROUP:?missing in deploy env}" "${ACCESS_LOG_GROUP:?missing in deploy env}"
+: "${AWS_REGION:?missing in deploy env}"
 SWAP_MIB=${SWAP_MIB:-1024}
 TRUSTED_PROXY_CIDR=${TRUSTED_PROXY_CIDR:-}
+FRONT=${FRONT:-}
+# Every S3 call names the bucket's owner: a bucket re-created under another account after a
+# teardown must not receive our status or feed us its objects.
+S3_OWNER=(--expected-bucket-owner "$BUCKET_OWNER")
 
 ensure_swap() {
     [[ "$SWAP_MIB" -gt 0 ]] || return 0
@@ -57,16 +67,10 @@ ensure_swap() {
     sysctl -q -p /etc/sysctl.d/90-melanoma.conf
 }
 
+# Amazon Linux 2023 packages only; Python libraries come from the bundle's wheelhouse.
 install_packages() {
-    if command -v dnf >/dev/null; then
-        dnf install -y -q python3.11 nginx tar gzip
-        PYTHON=python3.11
-    elif command -v apt-get >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv nginx
-        PYTHON=python3
-    else
-        die "neither dnf nor apt-get found"
-    fi
+    dnf install -y -q python3.11 nginx tar gzip rsyslog logrotate amazon-cloudwatch-agent
+    PYTHON=python3.11
 }
 
 ensure_user() {
@@ -95,22 +99,26 @@ install_app() {
         done
 }
 
+# Never an index at boot: the lock's hashes and the bundle's wheels, nothing else.
 install_venv() {
-    local requirements stamp_file wanted
-    requirements="$PREFIX/app/requirements.txt"
-    [[ -r "$requirements" ]] || die "bundle has no requirements.txt"
+    local lock wheels stamp_file wanted
+    lock="$PREFIX/app/requirements.lock"
+    wheels="$PREFIX/app/wheelhouse/$(uname -m)"
+    [[ -r "$lock" ]] || die "bundle has no requirements.lock"
+    [[ -d "$wheels" ]] || die "bundle has no wheelhouse for $(uname -m)"
     # The serving box never builds a model: refuse a bundle that would pull torch in.
-    if grep -qiE '^[[:space:]]*(torch|torchvision|resnest|onnx)([[:space:]]*[=<>~!\[;]|[[:space:]]*$)' "$requirements"; then
-        die "requirements.txt asks for a training/export package; the host serves ONNX only"
+    if grep -qiE '^[[:space:]]*(torch|torchvision|resnest|onnx)([[:space:]]*[=<>~!\[;]|[[:space:]]*$)' "$lock"; then
+        die "requirements.lock asks for a training/export package; the host serves ONNX only"
     fi
     stamp_file="$PREFIX/venv/.requirements.sha256"
-    wanted="$(sha256sum -- "$requirements" | cut -d' ' -f1) $("$PYTHON" -V 2>&1)"
+    wanted="$(sha256sum -- "$lock" | cut -d' ' -f1) $("$PYTHON" -V 2>&1)"
     if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$wanted" ]]; then
         return 0
     fi
-    log "installing serving requirements into $PREFIX/venv"
-    "$PYTHON" -m venv "$PREFIX/venv"
-    "$PREFIX/venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check -r "$requirements"
+    log "installing the locked serving requirements into $PREFIX/venv"
+    "$PYTHON" -m venv --clear "$PREFIX/venv"
+    "$PREFIX/venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check \
+        --no-index --find-links "$wheels" --require-hashes --only-binary :all: -r "$lock"
     echo "$wanted" >"$stamp_file"
 }
 
@@ -123,24 +131,42 @@ install_model() {
         log "fetching model s3://$ARTIFACT_BUCKET/$MODEL_KEY"
         part="$target.part"
         rm -f -- "$part"
-        aws s3 cp --only-show-errors --region "$AWS_REGION" "s3://$ARTIFACT_BUCKET/$MODEL_KEY" "$part"
+        aws s3api get-object --region "$AWS_REGION" "${S3_OWNER[@]}" \
+            --bucket "$ARTIFACT_BUCKET" --key "$MODEL_KEY" "$part" >/dev/null
         bash "$PREFIX/app/infra/host/verify-model.sh" "$part" "$MODEL_SHA256" \
             || { rm -f -- "$part"; die "downloaded model does not match MODEL_SHA256"; }
         chmod 0644 "$part"
         mv -f -- "$part" "$target"
     fi
-    ln -sfn "$target" "$models/current.next"
+    switch_model "$MODEL_SHA256"
+}
+
+# The sha256 of the model being served now, or nothing on a first boot.
+served_model() {
+    local link
+    link=$(readlink -- "$PREFIX/models/current.onnx" 2>/dev/null) || return 0
+    [[ -f "$link" ]] || return 0
+    basename -- "$link" .onnx
+}
+
+switch_model() {
+    local models=$PREFIX/models
+    ln -sfn "$models/$1.onnx" "$models/current.next"
     mv -T "$models/current.next" "$models/current.onnx"
-    # The previous model stays for a manual rollback; older ones go.
-    find "$models" -maxdepth 1 -name '*.onnx' -type f ! -name "$MODEL_SHA256.onnx" -printf '%T@ %p\n' \
+}
+
+# Only once the new model serves: the previous one stays for the next rollback.
+prune_models() {
+    local models=$PREFIX/models keep=$1
+    find "$models" -maxdepth 1 -name '*.onnx' -type f ! -name "$keep.onnx" -printf '%T@ %p\n' \
         | sort -rn | tail -n +2 | cut -d' ' -f2- | while read -r old; do rm -f -- "$old"; done
 }
 
 render_configs() {
-    local rendered
+    local rendered sha=$1
     rendered=$(mktemp -d)
     python3 "$PREFIX/app/infra/host/render.py" --out "$rendered" \
-        --model-sha256 "$MODEL_SHA256" \
+        --model-sha256 "$sha" --front "$FRONT" \
         --app-dir "$PREFIX/app" --venv-dir "$PREFIX/venv" \
         --model-path "$PREFIX/models/current.onnx" \
         --user "$SERVICE_USER" \
@@ -155,10 +181,68 @@ render_configs() {
     rm -rf -- "$rendered"
 }
 
+# One secret for every host of the stack, so a form served by one host posts to any other.
+# Fetched on every run: replacing the secret in Secrets Manager reaches the hosts on the next
+# update.
 ensure_secret() {
-    [[ -s "$CONF_DIR/secret.env" ]] && return 0
-    (umask 077 && echo "MELANOMA_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
-        >"$CONF_DIR/secret.env")
+    local secret
+    secret=$(aws secretsmanager get-secret-value --region "$AWS_REGION" --secret-id "$SECRET_ID" \
+        --query SecretString --output text)
+    [[ "$secret" =~ ^[A-Za-z0-9]{32,}$ ]] || die "the app secret $SECRET_ID is not 32+ letters and digits"
+    install -d -m 0755 "$CONF_DIR"
+    (umask 077 && printf 'MELANOMA_SECRET_KEY=%s\n' "$secret" >"$CONF_DIR/secret.env.next")
+    mv -f -- "$CONF_DIR/secret.env.next" "$CONF_DIR/secret.env"
+}
+
+# The journal (gunicorn, nginx via syslog) goes to files the CloudWatch agent ships; nothing
+# on the host outlives a replacement.
+configure_logs() {
+    local agent_conf=/opt/aws/amazon-cloudwatch-agent/etc/melanoma.json
+    install -d -m 0750 /var/log/melanoma
+    cat >/etc/rsyslog.d/30-melanoma.conf <<'RSYSLOG'
+template(name="melanoma_bare" type="string" string="%msg:::drop-last-lf%\n")
+if $programname == 'nginx_melanoma' then {
+    action(type="omfile" file="/var/log/melanoma/nginx-access.log" template="melanoma_bare")
+    stop
+}
+if $programname == 'melanoma' or $programname == 'gunicorn' or $programname == 'bootstrap' then {
+    action(type="omfile" file="/var/log/melanoma/app.log")
+    stop
+}
+RSYSLOG
+    cat >/etc/logrotate.d/melanoma <<'ROTATE'
+/var/log/melanoma/*.log {
+    daily
+    rotate 3
+    compress
+    missingok
+    notifempty
+    postrotate
+        systemctl kill -s HUP rsyslog.service
+    endscript
+}
+ROTATE
+    install -d -m 0755 "$(dirname "$agent_conf")"
+    cat >"$agent_conf" <<AGENT
+{
+  "agent": {"run_as_user": "root"},
+  "logs": {
+    "logs_collected": {
+      "files": {
+        "collect_list": [
+          {"file_path": "/var/log/melanoma/app.log", "log_group_name": "$APP_LOG_GROUP", "log_stream_name": "{instance_id}/app"},
+          {"file_path": "/var/log/nginx/error.log", "log_group_name": "$APP_LOG_GROUP", "log_stream_name": "{instance_id}/nginx-error"},
+          {"file_path": "/var/log/melanoma/nginx-access.log", "log_group_name": "$ACCESS_LOG_GROUP", "log_stream_name": "{instance_id}"}
+        ]
+      }
+    }
+  }
+}
+AGENT
+    systemctl enable --quiet rsyslog.service
+    systemctl restart rsyslog.service
+    /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 \
+        -c "file:$agent_conf" -s >/dev/null
 }
 
 start_services() {
@@ -173,7 +257,7 @@ start_services() {
 
 wait_ready() {
     local _
-    for _ in $(seq 1 90); do
+    for _ in $(seq 1 "${READY_TRIES:-90}"); do
         if curl -fsS -o /dev/null --max-time 5 "$READY_URL"; then
             log "ready: $READY_URL"
             return 0
@@ -181,16 +265,56 @@ wait_ready() {
         sleep 2
     done
     journalctl -u melanoma.service -n 50 --no-pager >&2 || true
-    die "app did not become ready through nginx"
+    return 1
+}
+
+instance_id() {
+    local token
+    token=$(curl -fsS -X PUT --max-time 5 -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+        http://169.254.169.254/latest/api/token)
+    curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $token" \
+        http://169.254.169.254/latest/meta-data/instance-id
+}
+
+# `deploy update-model` polls this object for the hash it shipped, or for the rollback.
+report_status() {
+    local state=$1 serving=$2 report
+    report=$(mktemp)
+    printf '{"state": "%s", "serving_sha256": "%s", "wanted_sha256": "%s", "time": "%s"}\n' \
+        "$state" "$serving" "$MODEL_SHA256" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$report"
+    aws s3api put-object --region "$AWS_REGION" "${S3_OWNER[@]}" --bucket "$ARTIFACT_BUCKET" \
+        --key "$STACK_NAME/status/$(instance_id).json" --content-type application/json \
+        --body "$report" >/dev/null
+    rm -f -- "$report"
+}
+
+serve() {
+    render_configs "$1"
+    start_services
+    wait_ready
 }
 
 ensure_swap
 install_packages
 ensure_user
+configure_logs
 install_app
 install_venv
-install_model
-render_configs
 ensure_secret
-start_services
-wait_ready
+previous=$(served_model)
+install_model
+if serve "$MODEL_SHA256"; then
+    prune_models "$MODEL_SHA256"
+    report_status serving "$MODEL_SHA256"
+    exit 0
+fi
+if [[ -n "$previous" && "$previous" != "$MODEL_SHA256" ]]; then
+    log "model $MODEL_SHA256 did not become ready; rolling back to $previous"
+    switch_model "$previous"
+    if serve "$previous"; then
+        report_status rolled-back "$previous"
+        die "model $MODEL_SHA256 failed readiness; rolled back to $previous"
+    fi
+fi
+report_status failed ""
+die "app did not become ready through nginx"

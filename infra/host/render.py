@@ -26,6 +26,7 @@ _TEMPLATES = {
 }
 _PLACEHOLDER = re.compile(r"@([A-Z0-9_]+)@")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FRONTS = {"", "cloudfront", "alb"}
 
 
 class RenderError(ValueError):
@@ -61,6 +62,8 @@ class HostConfig:
     static_dir: str = ""
     access_log: str = "syslog:server=unix:/dev/log,tag=nginx_melanoma,nohostname"
     trusted_proxy_cidr: str = ""
+    # What terminates TLS in front: "cloudfront", "alb", or "" (nothing; a rehearsal).
+    front: str = ""
     memory_high: str = "600M"
     memory_max: str = "750M"
     memory_swap_max: str = "512M"
@@ -74,6 +77,8 @@ def _values(config: HostConfig) -> dict[str, str]:
         raise RenderError(
             f"model_sha256 must be 64 lowercase hex digits, got {config.model_sha256!r}"
         )
+    if config.front not in _FRONTS:
+        raise RenderError(f"front must be one of {sorted(_FRONTS)}, got {config.front!r}")
     if config.proxy_read_timeout <= config.timeout:
         # nginx giving up first would answer 504 while the worker still runs the request.
         raise RenderError("proxy_read_timeout must exceed the gunicorn timeout")
@@ -96,6 +101,11 @@ def _values(config: HostConfig) -> dict[str, str]:
     else:
         values["REAL_IP"] = ""
         values["FORWARDED_PROTO"] = "$scheme"
+    if config.front == "cloudfront":
+        # CloudFront reaches the origin over HTTP (and the balancer in between rewrites
+        # X-Forwarded-Proto to http); only its own header says the visitor used HTTPS.
+        # The origin admits CloudFront alone, which sets this header itself.
+        values["FORWARDED_PROTO"] = "$http_cloudfront_forwarded_proto"
     return values
 
 
