@@ -1,19 +1,20 @@
-"""The HTML blueprint: an upload form that works without JavaScript, and the result page."""
+"""The HTML blueprint: upload forms that work without JavaScript, results, the API page."""
 from __future__ import annotations
 
 import base64
+import json
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import (Blueprint, Response, current_app, redirect, render_template, request,
+                   url_for)
+from werkzeug.wrappers import Response as BaseResponse
 
-from webapp import tta
-from webapp.classifier import Classifier
-from webapp.uploads import read_flag, read_image
+from webapp import heatmap, report, results, tta, wording
+from webapp._interim import analyse, classifier
+from webapp.multi_upload import (DEFAULT_MAX_IMAGES, DEFAULT_MAX_TOTAL_PIXELS, read_images,
+                                 upload_name)
+from webapp.uploads import read_image
 
 bp = Blueprint("views", __name__)
-
-
-def classifier() -> Classifier:
-    return current_app.extensions["classifier"]
 
 
 @bp.get("/")
@@ -24,26 +25,103 @@ def index() -> str:
 @bp.post("/predict")
 def predict() -> Response:
     policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
-    want_heatmap = read_flag(request, "heatmap", True)
-    prediction = classifier().predict(read_image(request), policy=policy,
-                                      want_heatmap=want_heatmap, want_input_image=True)
+    data = read_image(request)
+    filename = upload_name(request, "image")
+    analysis = analyse(data, policy)
+    spec = classifier().spec
+    body = results.single(analysis, spec)
+    assert analysis.visuals is not None
     page = render_template(
-        "result.html", prediction=prediction,
-        views=prediction.views,
-        input_image=_data_uri(prediction.model_input_png),
-        heatmap_image=_data_uri(prediction.heatmap_png))
-    response = Response(page)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+        "result.html", prediction=analysis.prediction, insight=analysis.insight,
+        visuals=analysis.visuals, timing_ms=analysis.timing_ms, filename=filename,
+        stem=wording.file_stem(filename), result_json=_json_bytes(body),
+        report_pdf=report.render(results.report_content(analysis, spec, filename),
+                                 analysis.visuals.blended_jpeg),
+        colour_stops=heatmap.colour_stops(), ood_threshold=_ood_threshold())
+    return _no_store(page)
+
+
+@bp.get("/predict")
+def predict_form() -> BaseResponse:
+    # Results are never stored, so a refreshed or bookmarked result has nothing to show.
+    return redirect(url_for("views.index"), code=303)
+
+
+@bp.get("/patient")
+def patient() -> str:
+    return render_template("patient.html")
+
+
+@bp.post("/patient")
+def patient_predict() -> Response:
+    policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
+    uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]),
+                          int(current_app.config["MAX_PATIENT_PIXELS"]), min_images=2)
+    lesions = results.patient(uploads, policy, classifier().spec, analyse)
+    odd = next((lesion for lesion in lesions if lesion.standing.odd_one_out), None)
+    ordered = sorted(lesions, key=lambda lesion: lesion.standing.probability_rank)
+    page = render_template("patient_result.html", lesions=ordered, odd=odd,
+                           result_json=_json_bytes(results.patient_body(lesions,
+                                                                        classifier().spec)),
+                           colour_stops=heatmap.colour_stops())
+    return _no_store(page)
+
+
+@bp.get("/patient/predict")
+def patient_form() -> BaseResponse:
+    return redirect(url_for("views.patient"), code=303)
+
+
+@bp.get("/api")
+def api_page() -> str:
+    return render_template("api.html", base_url=request.host_url)
 
 
 @bp.app_context_processor
 def _model_context() -> dict[str, object]:
     model = current_app.extensions.get("classifier")
     return {"spec": model.spec if model else None, "policies": list(tta.POLICIES),
-            "default_policy": current_app.config["DEFAULT_TTA"]}
+            "default_policy": current_app.config["DEFAULT_TTA"],
+            "max_bytes": int(current_app.config["MAX_CONTENT_LENGTH"]),
+            "max_count": int(current_app.config["MAX_PATIENT_IMAGES"]), "min_count": 2}
 
 
-def _data_uri(png: bytes | None) -> str | None:
-    # Results are never stored, so images travel inside the page itself.
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
+@bp.app_template_filter("data_uri")
+def _data_uri(data: bytes, mime: str) -> str:
+    # Results are never stored, so images and downloads travel inside the page itself.
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _ood_threshold() -> float | None:
+    reference = getattr(classifier(), "_ood", None)
+    return reference.threshold if reference else None
+
+
+def _json_bytes(body: object) -> bytes:
+    return json.dumps(body, indent=2).encode("utf-8")
+
+
+def _no_store(page: str) -> Response:
+    response = Response(page)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.record_once
+def _defaults(state: object) -> None:
+    # Settable like every other key (MELANOMA_MAX_PATIENT_IMAGES=...); defaults live here.
+    config = state.app.config  # type: ignore[attr-defined]
+    config.setdefault("MAX_PATIENT_IMAGES", DEFAULT_MAX_IMAGES)
+    config.setdefault("MAX_PATIENT_PIXELS", DEFAULT_MAX_TOTAL_PIXELS)
+
+
+bp.add_app_template_filter(wording.percent, "pct")
+bp.add_app_template_filter(wording.policy_label, "policy_label")
+bp.add_app_template_filter(wording.view_words, "view_words")
+bp.add_app_template_filter(wording.warning_title, "warning_title")
+bp.add_app_template_filter(wording.model_words, "model_words")
+bp.add_app_template_filter(
+    lambda probabilities, policy: wording.agreement(probabilities, policy), "agreement")
+bp.add_app_template_filter(
+    lambda positive, spec: wording.threshold_sentence(positive, spec.threshold, spec.labels),
+    "threshold_words")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -11,20 +12,28 @@ from webapp.model_spec import ModelSpec
 DEFAULT_OPACITY = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Visuals:
     photo_jpeg: bytes      # the photo in its own aspect, display size
     width: int
     height: int
     overlay_png: bytes     # RGBA map, same size, clear where the model did not look
-    blended_png: bytes     # photo + map at DEFAULT_OPACITY, for downloads and the API
+    blended: np.ndarray    # photo + map at DEFAULT_OPACITY, for downloads, report and API
     model_input_png: bytes
 
+    @cached_property
+    def blended_jpeg(self) -> bytes:
+        return photo.encode_jpeg(self.blended, 90)
 
-def render(image_rgb: np.ndarray, seen: np.ndarray, grid: np.ndarray,
-           spec: ModelSpec) -> Visuals:
+    @property
+    def blended_png(self) -> bytes:
+        return heatmap.encode_png(self.blended)
+
+
+def render(image_rgb: np.ndarray, seen: np.ndarray, grid: np.ndarray, spec: ModelSpec,
+           max_side: int = photo.DISPLAY_SIDE) -> Visuals:
     """Everything drawn once per response; nothing is kept after it."""
-    shown = photo.for_display(image_rgb)
+    shown = photo.for_display(image_rgb, max_side)
     height, width = shown.shape[:2]
     region = photo.scale_region(photo.seen_region(image_rgb.shape[1], image_rgb.shape[0], spec),
                                 width / image_rgb.shape[1])
@@ -32,5 +41,5 @@ def render(image_rgb: np.ndarray, seen: np.ndarray, grid: np.ndarray,
     return Visuals(
         photo_jpeg=photo.encode_jpeg(shown), width=width, height=height,
         overlay_png=heatmap.encode_rgba_png(layer),
-        blended_png=heatmap.encode_png(heatmap.blend(shown, layer, DEFAULT_OPACITY)),
+        blended=heatmap.blend(shown, layer, DEFAULT_OPACITY),
         model_input_png=heatmap.encode_png(seen))

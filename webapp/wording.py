@@ -66,3 +66,31 @@ def file_stem(filename: str | None, default: str = "lesion") -> str:
     name = PureWindowsPath(PurePosixPath(filename or "").name).name
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name.rsplit(".", 1)[0]).strip(".-_")
     return stem[:60] or default
+
+
+_VIEW_WORDS = {
+    "original": "as uploaded", "flip-h": "flipped left-right", "flip-v": "flipped upside down",
+    "rotate-180": "turned half a turn", "transpose": "mirrored across the diagonal",
+    "rotate-90": "turned a quarter turn", "rotate-270": "turned three quarters",
+    "anti-transpose": "mirrored across the other diagonal",
+}
+_WARNING_TITLES = {
+    "not_a_lesion": "Not a skin lesion?", "blurry": "Blurred", "too_dark": "Too dark",
+    "too_bright": "Too bright", "low_contrast": "Nothing stands out",
+    "lesion_too_small": "Lesion too small",
+}
+
+
+def view_words(name: str) -> str:
+    return _VIEW_WORDS.get(name, name)
+
+
+def warning_title(code: str) -> str:
+    return _WARNING_TITLES.get(code, code.replace("_", " ").capitalize())
+
+
+def model_words(spec: object) -> str:
+    """The model's identity in one plain phrase."""
+    name, version = getattr(spec, "name", "?"), getattr(spec, "version", "?")
+    state = "an untrained demo" if getattr(spec, "demo", False) else "trained"
+    return f"{name}, version {version} ({state})"
