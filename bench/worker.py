@@ -44,16 +44,19 @@ def _timed(function: Callable[[], Any], repeats: int) -> list[float]:
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    """The serving path exactly as the server runs it: Classifier.predict, no heatmap."""
+    """The serving path as the server runs it: decode, then Classifier.predict, no heatmap."""
     from webapp import preprocess, tta
-    from webapp.classifier import Classifier
+    from webapp.classifier import Classifier, Prediction
 
     imported = time.time()
     data = args.image.read_bytes()
     policy = POLICY_FOR_VIEWS[args.views]
     model = Classifier(args.model, intra_op_threads=1, cache_dir=args.cache_dir)
     loaded = time.time()
-    first = model.predict(data, policy=policy, want_heatmap=False)
+    def serve() -> Prediction:
+        return model.predict(preprocess.decode_image(data), policy)
+
+    first = serve()
     cold = time.time() - (args.spawned_at or STARTED)
     phases = {"interpreter_s": STARTED - (args.spawned_at or STARTED),
               "imports_s": imported - STARTED, "session_s": loaded - imported,
@@ -62,9 +65,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     seen = preprocess.fit_to_input(preprocess.decode_image(data), model.spec)
     batch = preprocess.to_model_input(tta.make_batch(seen, tta.views_for(policy)), model.spec)
     for _ in range(args.warmup):
-        model.predict(data, policy=policy, want_heatmap=False)
-    request = _timed(lambda: model.predict(data, policy=policy, want_heatmap=False),
-                     args.repeats)
+        serve()
+    request = _timed(serve, args.repeats)
     inference = _timed(lambda: model.run_batch(batch), args.repeats)
     return {**memory_mib(), "cold_start_s": cold, "cold_start_phases": phases,
             "after_first_prediction": after_load,
@@ -82,12 +84,11 @@ def run_torch(args: argparse.Namespace, batched: bool) -> dict[str, Any]:
     from export.architectures import ARCHITECTURES
     from export.checkpoint import load_checkpoint
     from webapp import preprocess, tta
-    from webapp.model_spec import melanoma_probabilities, read_spec_file
+    from webapp.model_spec import read_spec_file
 
     spec = read_spec_file(args.model)  # the same preprocessing numbers the server uses
     loaded = load_checkpoint(args.checkpoint)
-    network = ARCHITECTURES[spec.architecture].build(
-        1 if spec.output_kind == "sigmoid" else 2)
+    network = ARCHITECTURES[spec.architecture].build(spec.class_count)
     network.load_state_dict(loaded.state_dict, strict=True)
     network.eval()
     data = args.image.read_bytes()
@@ -102,8 +103,7 @@ def run_torch(args: argparse.Namespace, batched: bool) -> dict[str, Any]:
             else:
                 logits = torch.cat([network(batch[i:i + 1].contiguous(memory_format=layout))
                                     for i in range(len(views))])
-        return [float(p) for p in melanoma_probabilities(
-            logits.numpy(), spec.output_kind, spec.melanoma_index)]
+        return [float(p) for p in spec.melanoma_probabilities(logits.numpy())]
 
     first = predict(torch.contiguous_format)
     cold = time.time() - (args.spawned_at or STARTED)

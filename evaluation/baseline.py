@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from webapp import preprocess, tta
-from webapp.model_spec import ModelSpec, melanoma_probabilities
+from webapp.model_spec import ModelSpec
 
 
 def score_checkpoint(checkpoint: Path, spec: ModelSpec, images: Sequence[tuple[str, Path]],
@@ -19,7 +19,7 @@ def score_checkpoint(checkpoint: Path, spec: ModelSpec, images: Sequence[tuple[s
     from export.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, allow_unsafe_pickle)
-    network = ARCHITECTURES[spec.architecture].build(1 if spec.output_kind == "sigmoid" else 2)
+    network = ARCHITECTURES[spec.architecture].build(spec.class_count)
     network.load_state_dict(loaded.state_dict, strict=True)
     network.eval()
     views = tta.views_for(policy)
@@ -29,6 +29,6 @@ def score_checkpoint(checkpoint: Path, spec: ModelSpec, images: Sequence[tuple[s
         batch = torch.from_numpy(preprocess.to_model_input(tta.make_batch(seen, views), spec))
         with torch.inference_mode():
             logits = network(batch).numpy()
-        probabilities = melanoma_probabilities(logits, spec.output_kind, spec.melanoma_index)
+        probabilities = spec.melanoma_probabilities(logits)
         merged.append(tta.merge_probabilities(np.asarray(probabilities)))
     return tuple(merged)

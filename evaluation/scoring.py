@@ -1,4 +1,4 @@
-"""Score image files through the server's own path: Classifier.predict, per TTA policy."""
+"""Score image files through the server's own path: decode, Classifier.predict per policy."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
+from webapp import preprocess
 from webapp.classifier import Classifier
 from webapp.errors import InvalidImage
 
@@ -36,13 +37,12 @@ def score_files(classifier: Classifier, images: Sequence[tuple[str, Path]],
     policies = tuple(policies)
     results: dict[str, list[float]] = {policy: [] for policy in policies}
     for _, path in tqdm(images, desc="scoring", unit="image", disable=not progress):
-        data = path.read_bytes()
+        try:
+            image = preprocess.decode_image(path.read_bytes())
+        except InvalidImage as error:
+            raise ScoringError(f"{path}: {error}") from None
         for policy in policies:
-            try:
-                prediction = classifier.predict(data, policy=policy, want_heatmap=False)
-            except InvalidImage as error:
-                raise ScoringError(f"{path}: {error}") from None
-            results[policy].append(prediction.probability)
+            results[policy].append(classifier.predict(image, policy).probability)
     return Scores(tuple(name for name, _ in images),
                   {policy: tuple(values) for policy, values in results.items()})
 

@@ -9,6 +9,7 @@ import torch
 from resnest.torch.resnet import Bottleneck, ResNet
 
 from export.errors import ExportError
+from webapp.model_spec import OutputKind
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Head:
     feature_channels: int
 
     @property
-    def output_kind(self) -> str:
+    def output_kind(self) -> OutputKind:
         return "sigmoid" if self.num_classes == 1 else "softmax"
 
     @property

@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from resnest.torch.resnet import ResNet
 
-INPUT_NAME = "image"
-LOGITS_NAME = "logits"
-FEATURES_NAME = "features"
+from webapp.model_spec import FEATURES_NAME, INPUT_NAME, LOGITS_NAME
+
 # Opset 17 with the TorchScript exporter gives IR version 8, which the pinned onnxruntime reads.
 OPSET = 17
 

@@ -18,8 +18,8 @@ from export import architectures, graph, verify
 from export.checkpoint import LoadedCheckpoint, load_checkpoint, sha256_of
 from export.errors import ExportError
 from export.settings import Resolved, resolve
-from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec,
-                               encode_cam_weights)
+from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, DEFAULT_LABELS, SPEC_METADATA_KEY,
+                               ModelSpec, encode_cam_weights)
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ExportRequest:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     threshold: float | None = None
-    labels: tuple[str, str] = ("benign", "melanoma")
+    labels: tuple[str, str] = DEFAULT_LABELS
     name: str | None = None
     version: str = "1"
     demo: bool = False

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from export.errors import ExportError
-from webapp.model_spec import COLOR_ORDERS, IMAGENET_MEAN, IMAGENET_STD, RESIZE_POLICIES
+from webapp.model_spec import (COLOR_ORDERS, IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE,
+                               MIN_INPUT_SIZE, RESIZE_POLICIES)
 
 # The seed model people bring was trained at 128 px with ImageNet statistics on RGB.
 DEFAULTS: dict[str, Any] = {
@@ -61,8 +62,9 @@ def _size(value: Any, where: str) -> int:
         size = int(value)
     except (TypeError, ValueError):
         raise ExportError(f"{where}: input size {value!r} is not an integer") from None
-    if not 32 <= size <= 1024:
-        raise ExportError(f"{where}: input size {size} outside 32..1024")
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise ExportError(f"{where}: input size {size} outside "
+                          f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}")
     return size
 
 

@@ -16,7 +16,7 @@ if __package__ in (None, ""):
 from export.architectures import ARCHITECTURES  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, ExportResult, export_checkpoint  # noqa: E402
-from webapp.model_spec import COLOR_ORDERS, RESIZE_POLICIES  # noqa: E402
+from webapp.model_spec import COLOR_ORDERS, DEFAULT_LABELS, RESIZE_POLICIES  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="normalisation std on [0, 1] pixels")
     parser.add_argument("--threshold", type=float,
                         help="melanoma probability at or above which the label is positive")
-    parser.add_argument("--labels", nargs=2, default=("benign", "melanoma"),
+    parser.add_argument("--labels", nargs=2, default=DEFAULT_LABELS,
                         metavar=("NEGATIVE", "POSITIVE"), help="names of the two outcomes")
     parser.add_argument("--name", help="model name shown to users (default: checkpoint stem)")
     parser.add_argument("--model-version", default="1", help="model version shown to users")

@@ -11,7 +11,7 @@ import torch
 
 from export.errors import ExportError
 from export.graph import FEATURES_NAME, INPUT_NAME, LOGITS_NAME, LogitsAndFeatures
-from webapp.model_spec import melanoma_probabilities
+from webapp.model_spec import OutputKind, melanoma_probabilities
 
 PARITY_BATCH_SIZES = (1, 8)
 PARITY_SEED = 20200817  # fixed so every export is checked on the same inputs
@@ -42,7 +42,7 @@ def check_graph(model_path: Path) -> None:
 
 
 def measure_parity(network: torch.nn.Module, model_bytes: bytes, input_size: int,
-                   output_kind: str, melanoma_index: int, tolerance_probability: float,
+                   output_kind: OutputKind, melanoma_index: int, tolerance_probability: float,
                    feature_tolerance_relative: float = 1e-4) -> Parity:
     """Run both on fixed inputs at batch 1 and 8; fail the export above tolerance."""
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])

@@ -16,7 +16,6 @@ BUNDLE_PATHS = (
     "requirements.txt",
     "gunicorn.conf.py",
     "infra/host",
-    "infra/README-deploy.md",
 )
 _REQUIRED = ("webapp", "requirements.txt", "gunicorn.conf.py", "infra/host/bootstrap.sh")
 _SKIP_NAMES = {"__pycache__", ".pytest_cache", ".mypy_cache"}

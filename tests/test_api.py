@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from webapp.model_spec import read_spec_file
+from webapp.service import service_of
 
 
 def _upload(data: bytes, name: str = "lesion.jpg") -> dict[str, object]:
@@ -65,9 +71,58 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     assert ready.status_code == 200 and ready.get_json()["status"] == "ready"
 
 
-def test_readiness_is_503_until_the_model_is_warm(client: FlaskClient) -> None:
-    client.application.extensions["classifier"].ready = False
-    assert client.get("/readyz").status_code == 503
+@contextmanager
+def _hung_model(app: Flask) -> Iterator[threading.Event]:
+    """Predictions block inside the network until the yielded event is set."""
+    release = threading.Event()
+    classifier = service_of(app).classifier
+    real = classifier.run_batch
+
+    def hang(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        release.wait(30)
+        return real(batch)
+
+    classifier.run_batch = hang  # type: ignore[method-assign]
+    try:
+        yield release
+    finally:
+        release.set()
+        del classifier.run_batch
+
+
+def _post_in_background(app: Flask, data: bytes) -> tuple[threading.Thread, list[int]]:
+    statuses: list[int] = []
+    thread = threading.Thread(target=lambda: statuses.append(
+        app.test_client().post("/api/v1/predict", data=_upload(data)).status_code))
+    thread.start()
+    return thread, statuses
+
+
+def _until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_readiness_fails_while_a_prediction_is_stuck_and_recovers(
+        tiny_onnx_model: Path, lesion_jpeg_bytes: bytes) -> None:
+    from webapp.app import create_app
+
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_onnx_model),
+                      "STUCK_AFTER_SECONDS": 0.2})
+    client = app.test_client()
+    with _hung_model(app) as release:
+        thread, statuses = _post_in_background(app, lesion_jpeg_bytes)
+        assert _until(lambda: client.get("/readyz").status_code == 503)
+        body = client.get("/readyz").get_json()
+        assert body["status"] == "not ready" and "running for" in body["reason"]
+        release.set()
+        thread.join(30)
+    assert statuses == [200]
+    assert client.get("/readyz").status_code == 200
 
 
 @pytest.mark.parametrize("request_kwargs, status, error", [
@@ -130,11 +185,21 @@ def test_wrong_method_is_json_405(client: FlaskClient) -> None:
     assert response.status_code == 405 and response.get_json()["error"] == "method_not_allowed"
 
 
-def test_saturated_server_answers_503_with_retry_after(client: FlaskClient,
-                                                       lesion_jpeg_bytes: bytes) -> None:
-    gate = client.application.extensions["classifier"].gate
-    gate._max_waiting = 0  # every new request finds the queue full
-    response = client.post("/api/v1/predict", data=_upload(lesion_jpeg_bytes))
-    assert response.status_code == 503
-    assert response.get_json()["error"] == "overloaded"
-    assert int(response.headers["Retry-After"]) >= 1
+def test_saturated_server_answers_503_with_retry_after_then_recovers(
+        tiny_onnx_model: Path, lesion_jpeg_bytes: bytes) -> None:
+    from webapp.app import create_app
+
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tiny_onnx_model),
+                      "MAX_RUNNING": 1, "MAX_WAITING": 1, "QUEUE_TIMEOUT": 0.2})
+    client = app.test_client()
+    with _hung_model(app) as release:
+        thread, statuses = _post_in_background(app, lesion_jpeg_bytes)
+        assert _until(lambda: service_of(app).gate.longest_running() > 0)
+        response = client.post("/api/v1/predict", data=_upload(lesion_jpeg_bytes))
+        assert response.status_code == 503
+        assert response.get_json()["error"] == "overloaded"
+        assert int(response.headers["Retry-After"]) >= 1
+        release.set()
+        thread.join(30)
+    assert statuses == [200], "the prediction that held the slot is still answered"
+    assert client.post("/api/v1/predict", data=_upload(lesion_jpeg_bytes)).status_code == 200

@@ -10,6 +10,7 @@ from export import external_data
 from tests import images
 from webapp.classifier import Classifier
 from webapp.model_spec import read_spec_file
+from webapp.service import PredictionService
 
 
 def test_split_model_predicts_bit_identically_and_keeps_its_spec(tiny_onnx_model: Path,
@@ -22,9 +23,9 @@ def test_split_model_predicts_bit_identically_and_keeps_its_spec(tiny_onnx_model
     single, divided = Classifier(tiny_onnx_model), Classifier(split)
     divided.warm_up()
     photo = images.encode(images.lesion_rgb(seed=3), ".jpg")
-    a = single.predict(photo, want_heatmap=True)
-    b = divided.predict(photo, want_heatmap=True)
-    assert a.view_probabilities == b.view_probabilities
+    a = PredictionService(single).predict(photo, want_heatmap=True)
+    b = PredictionService(divided).predict(photo, want_heatmap=True)
+    assert a.prediction.view_probabilities == b.prediction.view_probabilities
     assert a.heatmap_png == b.heatmap_png
     original = onnx.load(str(tiny_onnx_model))
     reloaded = onnx.load(str(split))

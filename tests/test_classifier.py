@@ -43,7 +43,7 @@ def test_all_tta_views_go_through_one_onnx_runtime_call(
     real = classifier.run_batch
     monkeypatch.setattr(classifier, "run_batch",
                         lambda batch: calls.append(batch.shape) or real(batch))
-    prediction = classifier.predict(lesion_jpeg_bytes, policy="dihedral")
+    prediction = classifier.predict(preprocess.decode_image(lesion_jpeg_bytes), "dihedral")
     assert calls == [(8, 3, 64, 64)]
     assert len(prediction.view_probabilities) == 8
     assert prediction.probability == pytest.approx(np.mean(prediction.view_probabilities))
@@ -52,20 +52,18 @@ def test_all_tta_views_go_through_one_onnx_runtime_call(
 
 def test_label_follows_the_spec_threshold(classifier: Classifier,
                                           lesion_jpeg_bytes: bytes) -> None:
-    prediction = classifier.predict(lesion_jpeg_bytes, policy="none")
+    prediction = classifier.predict(preprocess.decode_image(lesion_jpeg_bytes), "none")
     assert prediction.positive == (prediction.probability >= classifier.spec.threshold)
     assert prediction.label == classifier.spec.labels[int(prediction.positive)]
 
 
 def test_dihedral_result_is_invariant_to_flipping_the_input(classifier: Classifier) -> None:
     photo = images.lesion_rgb(240, 240, seed=3)
-    upright = classifier.predict(images.encode(photo, ".png"), policy="dihedral")
+    upright = classifier.predict(photo, "dihedral")
     for flipped in (photo[:, ::-1], photo[::-1], np.swapaxes(photo, 0, 1)):
-        other = classifier.predict(images.encode(np.ascontiguousarray(flipped), ".png"),
-                                   policy="dihedral")
+        other = classifier.predict(np.ascontiguousarray(flipped), "dihedral")
         assert other.probability == pytest.approx(upright.probability, abs=1e-6)
-    single = classifier.predict(images.encode(np.ascontiguousarray(photo[:, ::-1]), ".png"),
-                                policy="none")
+    single = classifier.predict(np.ascontiguousarray(photo[:, ::-1]), "none")
     assert single.probability != pytest.approx(upright.view_probabilities[0], abs=1e-9)
 
 
@@ -153,4 +151,4 @@ def test_refuses_cam_weights_that_do_not_belong_to_the_graph(
     model = Classifier(_rewrite(tiny_onnx_model, tmp_path / "swapped.onnx", edit))
     with pytest.raises(ModelLoadError, match="do not reproduce the graph's logits"):
         model.warm_up()
-    assert not model.ready
+    assert not model.warmed_up

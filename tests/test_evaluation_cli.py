@@ -13,6 +13,7 @@ import pytest
 from evaluation import metrics
 from evaluation.cli import main
 from tests import images
+from webapp import preprocess
 from webapp.classifier import Classifier
 from webapp.model_spec import SPEC_METADATA_KEY, read_spec_file
 
@@ -62,7 +63,7 @@ def test_submission_has_every_image_scored_like_the_server(
     rows = list(csv.DictReader(output.open()))
     assert [row["image_name"] for row in rows] == NAMES
     server = Classifier(tiny_onnx_model)
-    png = server.predict((folder / f"{NAMES[3]}.png").read_bytes(), want_heatmap=False)
+    png = server.predict(preprocess.decode_image((folder / f"{NAMES[3]}.png").read_bytes()))
     assert float(rows[3]["target"]) == pytest.approx(png.probability, abs=1e-8)
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 from tests import images
 from tests.live_server import LiveServer, Reply, Upload, multipart, rss_mib, serve
+from webapp import preprocess
 from webapp.classifier import Classifier
 
 pytestmark = pytest.mark.slow
@@ -197,7 +198,7 @@ def test_hostile_upload_gets_a_clear_answer(server: LiveServer, worker: int,
         _check_refusal(reply, case, via)
     else:
         assert reply.status == 200, reply.text[:500]
-        expected = reference.predict(files[0].data)
+        expected = reference.predict(preprocess.decode_image(files[0].data))
         if via == "api":
             body = reply.json()
             assert body["image"] == {"width": case.width, "height": case.height}

@@ -12,6 +12,7 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.live_server import LiveServer, Upload, start_server
+from webapp.service import service_of
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -64,7 +65,7 @@ def test_metrics_count_requests_latency_inference_and_errors(app: Flask,
 
 
 def test_metrics_name_the_model(app: Flask) -> None:
-    spec = app.extensions["classifier"].spec
+    spec = service_of(app).spec
     samples = _scrape(app)
     identity = [dict(labels) for (name, labels), value in samples.items()
                 if name == "melanoma_model_info" and value == 1]

@@ -30,6 +30,7 @@ from werkzeug.test import create_environ
 
 from tests import images
 from tests.live_server import LiveServer, Upload, multipart, serve
+from webapp.service import service_of
 
 BIG_UPLOAD_BYTES = 500 * 1024  # Werkzeug's own threshold for spooling a part to disk
 NAME = "Jane-Doe-DOB-1970-01-01-left-shoulder.jpg"
@@ -185,7 +186,7 @@ def test_logs_hold_no_image_bytes_or_names_when_prediction_fails(
     def explode(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("simulated failure inside the model")
 
-    monkeypatch.setattr(app.extensions["classifier"], "predict", explode)
+    monkeypatch.setattr(service_of(app).classifier, "run_batch", explode)
     app.config["PROPAGATE_EXCEPTIONS"] = False  # answer 500 as in production
     with caplog.at_level("DEBUG"):
         reply = app.test_client().post(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from webapp import session
+from webapp import preprocess, session
 from webapp.classifier import Classifier
 from webapp.errors import ModelLoadError
 
@@ -87,5 +87,6 @@ def test_classifier_from_the_cache_predicts_like_one_without(
     Classifier(model, cache_dir=tmp_path / "cache")  # fills the cache
     cached = Classifier(model, cache_dir=tmp_path / "cache")
     cached.warm_up()
-    assert cached.predict(lesion_jpeg_bytes).probability == pytest.approx(
-        plain.predict(lesion_jpeg_bytes).probability, abs=1e-7)
+    image = preprocess.decode_image(lesion_jpeg_bytes)
+    assert cached.predict(image).probability == pytest.approx(
+        plain.predict(image).probability, abs=1e-7)

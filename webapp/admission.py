@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -25,10 +26,8 @@ class InferenceGate:
         self._wait_timeout = wait_timeout
         self._max_running = max_running
         self._recent_seconds = 0.2  # refined by every prediction that runs
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
+        self._running_since: dict[int, float] = {}
+        self._next_ticket = 0
 
     def retry_after(self) -> int:
         backlog = (self._waiting + self._max_running) / self._max_running
@@ -47,11 +46,23 @@ class InferenceGate:
                 self._waiting -= 1
         if not acquired:
             raise Overloaded(self.retry_after())
+        with self._lock:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._running_since[ticket] = time.monotonic()
         try:
             yield
         finally:
+            with self._lock:
+                del self._running_since[ticket]
             self._slots.release()
 
     def record(self, seconds: float) -> None:
         # An exponential average is enough for a Retry-After hint.
         self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
+
+    def longest_running(self) -> float:
+        """Seconds the oldest admitted prediction has held its slot; 0 when none runs."""
+        with self._lock:
+            oldest = min(self._running_since.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from webapp import openapi, results
-from webapp._interim import analyse, classifier
+from webapp.service import current_service
 from webapp.multi_upload import read_images
 from webapp.uploads import read_flag, read_image
 
@@ -17,8 +17,9 @@ DISCLAIMER = results.DISCLAIMER
 def predict() -> Response:
     policy = request.values.get("tta") or current_app.config["DEFAULT_TTA"]
     want_heatmap = read_flag(request, "heatmap", False)
-    analysis = analyse(read_image(request), policy, want_visuals=want_heatmap)
-    return _no_store(jsonify(results.single(analysis, classifier().spec, want_heatmap)))
+    service = current_service()
+    analysis = service.predict(read_image(request), policy, want_heatmap=want_heatmap)
+    return _no_store(jsonify(results.single(analysis, service.spec, want_heatmap)))
 
 
 @bp.post("/patient")
@@ -27,13 +28,14 @@ def patient() -> Response:
     want_heatmap = read_flag(request, "heatmap", False)
     uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]),
                           int(current_app.config["MAX_PATIENT_PIXELS"]))
-    lesions = results.patient(uploads, policy, classifier().spec, analyse)
-    return _no_store(jsonify(results.patient_body(lesions, classifier().spec, want_heatmap)))
+    service = current_service()
+    lesions = results.patient(uploads, policy, service)
+    return _no_store(jsonify(results.patient_body(lesions, service.spec, want_heatmap)))
 
 
 @bp.get("/model")
 def model() -> Response:
-    return jsonify(classifier().spec.as_dict())
+    return jsonify(current_service().spec.as_dict())
 
 
 @bp.get("/openapi.json")

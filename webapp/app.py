@@ -1,16 +1,13 @@
 """The app factory: create_app() builds the app, loads and warms up the model."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webapp import config, metrics, ratelimit, responses, security
-from webapp.admission import InferenceGate
-from webapp.classifier import Classifier
+from webapp import config, metrics, ratelimit, responses, security, service
 from webapp.uploads import InMemoryRequest
 
 csrf = CSRFProtect()
@@ -27,15 +24,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops)
 
-    gate = InferenceGate(max_running=int(app.config["MAX_RUNNING"]),
-                         max_waiting=int(app.config["MAX_WAITING"]),
-                         wait_timeout=float(app.config["QUEUE_TIMEOUT"]))
-    model = Classifier(Path(app.config["MODEL_PATH"]),
-                       intra_op_threads=int(app.config["INTRA_OP_THREADS"]),
-                       max_image_pixels=int(app.config["MAX_IMAGE_PIXELS"]), gate=gate,
-                       cache_dir=_optional_path(app.config["MODEL_CACHE_DIR"]))
-    model.warm_up()
-    app.extensions["classifier"] = model
+    service.init_app(app)
 
     from webapp import api, health, views
 
@@ -50,7 +39,3 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     responses.init_app(app)
     security.init_app(app)
     return app
-
-
-def _optional_path(value: object) -> Path | None:
-    return Path(str(value)) if value else None

@@ -1,44 +1,35 @@
-"""Own the ONNX Runtime session and the model spec; turn uploaded bytes into a Prediction."""
+"""The model: owns the ONNX Runtime session and the spec; a decoded image in, a Prediction out.
+
+Admission, timing, PNG encoding and HTTP live in webapp/service.py, around it.
+"""
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import onnxruntime as ort
 
-from webapp import heatmap, preprocess, tta
-from webapp.admission import InferenceGate
+from webapp import heatmap, insight, ood, preprocess, tta
 from webapp.errors import ModelLoadError
 from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, ModelSpec, SpecError,
-                               decode_cam_weights, melanoma_probabilities,
-                               spec_from_metadata)
+                               decode_cam_weights, spec_from_metadata)
 from webapp.session import open_session
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One answer, shared by the HTML page and the JSON API."""
+    """The model's answer for one image; the spec it was made under is `Classifier.spec`."""
 
     probability: float
-    label: str
     positive: bool
-    threshold: float
+    label: str
     policy: str
     view_names: tuple[str, ...]
     view_probabilities: tuple[float, ...]
     spread: float
     image_width: int
     image_height: int
-    model_name: str
-    model_version: str
-    architecture: str
-    demo: bool
-    timing_ms: Mapping[str, float] = field(default_factory=dict)
-    model_input_png: bytes | None = None
-    heatmap_png: bytes | None = None
 
     @property
     def views(self) -> list[tuple[str, float]]:
@@ -47,14 +38,15 @@ class Prediction:
 
 
 class Classifier:
-    """One per worker process: created after gunicorn forks, warmed up before serving."""
+    """One per worker process: created after gunicorn forks, warmed up before serving.
+
+    Its stages (KServe's preprocess, predict, explain, postprocess) are separate methods
+    so the web layer (webapp/service.py) can admit and time them; `predict` chains them.
+    """
 
     def __init__(self, model_path: Path, intra_op_threads: int = 1,
-                 max_image_pixels: int = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
-                 gate: InferenceGate | None = None, cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None) -> None:
         self.model_path = Path(model_path)
-        self.max_image_pixels = max_image_pixels
-        self.gate = gate or InferenceGate()
         self._session = open_session(self.model_path, intra_op_threads, cache_dir)
         metadata = self._session.get_modelmeta().custom_metadata_map
         try:
@@ -63,11 +55,17 @@ class Classifier:
                 raise SpecError("the model carries no CAM weights; re-export it")
             self._cam_weights, self._cam_bias = decode_cam_weights(
                 metadata[CAM_WEIGHTS_METADATA_KEY])
-        except SpecError as error:
+            self.ood_reference = ood.load(metadata)
+        except (SpecError, ood.ReferenceError) as error:
             raise ModelLoadError(f"{self.model_path}: {error}") from None
         _check_graph_matches_spec(self._session, self.spec, self._cam_weights,
                                   self.model_path)
-        self.ready = False
+        self._warmed_up = False
+
+    @property
+    def warmed_up(self) -> bool:
+        """True once `warm_up` has run the largest batch and checked the CAM weights."""
+        return self._warmed_up
 
     def warm_up(self) -> None:
         """Run the largest batch once, and prove the CAM weights belong to this graph."""
@@ -76,56 +74,24 @@ class Classifier:
         images = rng.integers(0, 256, (views, self.spec.input_size, self.spec.input_size, 3),
                               dtype=np.uint8)
         logits, features = self.run_batch(preprocess.to_model_input(images, self.spec))
-        index = self.spec.melanoma_index if self.spec.output_kind == "softmax" else 0
         pooled = features.mean(axis=(2, 3)) @ self._cam_weights + self._cam_bias
-        if not np.allclose(pooled, logits[:, index], rtol=1e-3, atol=1e-3):
+        if not np.allclose(pooled, logits[:, self.spec.melanoma_column], rtol=1e-3, atol=1e-3):
             raise ModelLoadError(f"{self.model_path}: the CAM weights in the spec do not "
                                  "reproduce the graph's logits; the file was altered")
-        self.ready = True
+        self._warmed_up = True
 
-    def predict(self, data: bytes, policy: str = tta.DEFAULT_POLICY, want_heatmap: bool = True,
-                want_input_image: bool = False) -> Prediction:
-        """Decode, fit, run every TTA view in one ONNX Runtime call, merge, explain."""
+    def predict(self, image: np.ndarray, policy: str = tta.DEFAULT_POLICY) -> Prediction:
+        """Every stage but the explanation, for one decoded RGB image (H, W, 3)."""
         views = tta.views_for(policy)
-        with self.gate.admit():
-            started = time.perf_counter()
-            image = preprocess.decode_image(data, self.max_image_pixels)
-            decoded = time.perf_counter()
-            seen = preprocess.fit_to_input(image, self.spec)
-            batch = preprocess.to_model_input(tta.make_batch(seen, views), self.spec)
-            prepared = time.perf_counter()
-            logits, features = self.run_batch(batch)
-            inferred = time.perf_counter()
-            self.gate.record(inferred - started)
-        probabilities = self.probabilities(logits)
-        heatmap_png = self._heatmap(seen, features, views) if want_heatmap else None
-        finished = time.perf_counter()
-        probability = tta.merge_probabilities(probabilities)
-        positive = probability >= self.spec.threshold
-        return Prediction(
-            probability=probability, positive=positive,
-            label=self.spec.labels[1] if positive else self.spec.labels[0],
-            threshold=self.spec.threshold, policy=policy,
-            view_names=tuple(v.name for v in views),
-            view_probabilities=tuple(float(p) for p in probabilities),
-            spread=float(np.std(probabilities)),
-            image_width=int(image.shape[1]), image_height=int(image.shape[0]),
-            model_name=self.spec.name, model_version=self.spec.version,
-            architecture=self.spec.architecture, demo=self.spec.demo,
-            timing_ms={"decode": _ms(started, decoded), "preprocess": _ms(decoded, prepared),
-                       "inference": _ms(prepared, inferred),
-                       "heatmap": _ms(inferred, finished), "total": _ms(started, finished)},
-            model_input_png=heatmap.encode_png(seen) if want_input_image else None,
-            heatmap_png=heatmap_png)
+        _, batch = self.preprocess(image, views)
+        logits, _ = self.run_batch(batch)
+        return self.postprocess(logits, policy, image)
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Melanoma probability per row of logits."""
-        return melanoma_probabilities(logits, self.spec.output_kind, self.spec.melanoma_index)
-
-    def activation_map(self, features: np.ndarray, views: tuple[tta.View, ...]) -> np.ndarray:
-        """The merged, upright, [0, 1]-normalised melanoma map on the feature grid."""
-        maps = heatmap.activation_maps(features, self._cam_weights)
-        return heatmap.normalise(heatmap.merge_maps(maps, views))
+    def preprocess(self, image: np.ndarray,
+                   views: tuple[tta.View, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The square image the model sees (S, S, 3) and its batch of views (V, 3, S, S)."""
+        seen = preprocess.fit_to_input(image, self.spec)
+        return seen, preprocess.to_model_input(tta.make_batch(seen, views), self.spec)
 
     def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and features for an already preprocessed (N, 3, S, S) batch."""
@@ -133,13 +99,34 @@ class Classifier:
             [self.spec.logits_name, self.spec.features_name], {self.spec.input_name: batch})
         return logits, features
 
-    def _heatmap(self, seen: np.ndarray, features: np.ndarray,
-                 views: tuple[tta.View, ...]) -> bytes:
-        return heatmap.encode_png(heatmap.overlay(seen, self.activation_map(features, views)))
+    def postprocess(self, logits: np.ndarray, policy: str, image: np.ndarray) -> Prediction:
+        """Merge the views' probabilities and apply the spec's threshold and labels."""
+        probabilities = self.probabilities(logits)
+        probability = tta.merge_probabilities(probabilities)
+        positive, label = self.spec.label_for(probability)
+        return Prediction(
+            probability=probability, positive=positive, label=label, policy=policy,
+            view_names=tuple(v.name for v in tta.views_for(policy)),
+            view_probabilities=tuple(float(p) for p in probabilities),
+            spread=float(np.std(probabilities)),
+            image_width=int(image.shape[1]), image_height=int(image.shape[0]))
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Melanoma probability per row of logits."""
+        return self.spec.melanoma_probabilities(logits)
+
+    def activation_map(self, features: np.ndarray, views: tuple[tta.View, ...]) -> np.ndarray:
+        """The explanation: the merged, upright, [0, 1]-normalised melanoma map on the
+        feature grid."""
+        maps = heatmap.activation_maps(features, self._cam_weights)
+        return heatmap.normalise(heatmap.merge_maps(maps, views))
 
 
-def _ms(start: float, end: float) -> float:
-    return round((end - start) * 1000.0, 2)
+    def explain(self, image: np.ndarray, features: np.ndarray,
+                views: tuple[tta.View, ...]) -> insight.Insight:
+        """Warnings about the photo, the honest heatmap grid and the pooled features."""
+        return insight.explain(image, features, views, self._cam_weights, self._cam_bias,
+                               self.ood_reference)
 
 
 def _check_graph_matches_spec(session: ort.InferenceSession, spec: ModelSpec,
@@ -151,7 +138,7 @@ def _check_graph_matches_spec(session: ort.InferenceSession, spec: ModelSpec,
     shape = inputs.get(spec.input_name)
     if shape is None or list(shape[1:]) != [3, size, size]:
         problems.append(f"input {spec.input_name!r} is {shape}, spec says [N, 3, {size}, {size}]")
-    classes = 1 if spec.output_kind == "sigmoid" else 2
+    classes = spec.class_count
     logits = outputs.get(spec.logits_name)
     if logits is None or logits[-1] != classes:
         problems.append(f"output {spec.logits_name!r} is {logits}, spec says {classes} classes")

@@ -5,7 +5,7 @@ from typing import Any
 
 from flask import Flask
 
-from webapp.preprocess import DEFAULT_MAX_IMAGE_PIXELS
+from webapp.model_spec import DEFAULT_MAX_IMAGE_PIXELS
 
 DEFAULTS: dict[str, Any] = {
     "MODEL_PATH": "models/default.onnx",
@@ -18,6 +18,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RUNNING": 1,
     "MAX_WAITING": 4,
     "QUEUE_TIMEOUT": 10.0,
+    # /readyz fails while a prediction has held its slot this long: the worker is stuck.
+    "STUCK_AFTER_SECONDS": 60.0,
     "DEFAULT_TTA": "dihedral",
     "RATELIMIT_PER_MINUTE": 0,
     # Reverse proxies (nginx, a load balancer) whose X-Forwarded-For names the client.

@@ -1,7 +1,9 @@
 """Liveness and readiness for load balancers and process managers."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
+
+from webapp.service import current_service
 
 bp = Blueprint("health", __name__)
 
@@ -13,8 +15,9 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    model = current_app.extensions.get("classifier")
-    if model is None or not model.ready:
-        return jsonify({"status": "not ready", "reason": "model not loaded or not warmed up"}), 503
-    return jsonify({"status": "ready", "model": model.spec.display_name,
-                    "demo": model.spec.demo}), 200
+    service = current_service()
+    readiness = service.readiness()
+    if not readiness.ready:
+        return jsonify({"status": "not ready", "reason": readiness.reason}), 503
+    return jsonify({"status": "ready", "model": service.spec.display_name,
+                    "demo": service.spec.demo}), 200

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Mapping
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -26,7 +25,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from webapp.classifier import Classifier, Prediction
+from webapp.model_spec import ModelSpec
 
 REQUESTS = Counter("melanoma_http_requests_total", "HTTP requests answered",
                    ["method", "endpoint", "status"])
@@ -50,15 +49,20 @@ def count_error(kind: str) -> None:
     ERRORS.labels(kind=kind).inc()
 
 
-def init_app(app: Flask) -> None:
-    """Time every request, time every prediction, and serve /metrics."""
-    model: Classifier = app.extensions["classifier"]
-    spec = model.spec
+def observe_stages(timing_ms: Mapping[str, float]) -> None:
+    """Record one prediction's stage timings (webapp/service.py measures them)."""
+    for stage, milliseconds in timing_ms.items():
+        INFERENCE.labels(stage=stage).observe(milliseconds / 1000.0)
+
+
+def describe_model(spec: ModelSpec) -> None:
+    """Publish which model this process serves."""
     MODEL.labels(name=spec.name, version=spec.version, architecture=spec.architecture,
                  checkpoint_sha256=spec.checkpoint_sha256, demo=str(spec.demo).lower()).set(1)
-    # The classifier stays unaware of metrics: its answers already carry their timings.
-    model.predict = _timed(model.predict)  # type: ignore[method-assign]
 
+
+def init_app(app: Flask) -> None:
+    """Time every request and serve /metrics."""
     @app.before_request
     def _start_clock() -> None:
         g.metrics_started = time.perf_counter()
@@ -77,22 +81,10 @@ def init_app(app: Flask) -> None:
     app.add_url_rule("/metrics", "metrics", _metrics, methods=["GET"])
 
 
-def _timed(predict: Callable[..., Prediction]) -> Callable[..., Prediction]:
-    def timed_predict(*args: Any, **kwargs: Any) -> Prediction:
-        prediction = predict(*args, **kwargs)
-        for stage, milliseconds in prediction.timing_ms.items():
-            INFERENCE.labels(stage=stage).observe(milliseconds / 1000.0)
-        return prediction
-
-    return timed_predict
-
-
 def _metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    response = Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -2,7 +2,9 @@
 
 The exporter writes it as one JSON value into the .onnx file's `metadata_props`;
 the server reads it back and derives every preprocessing and decision number from
-it. Nothing here imports torch or onnx, so both sides can share it.
+it. Every name, bound and derived number of the contract is defined here once.
+Importing this module loads numpy only (no Flask, OpenCV, ONNX Runtime, torch or onnx),
+so the exporter, evaluation and bench can share it cheaply.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import base64
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 import numpy as np
 
@@ -18,10 +20,25 @@ SCHEMA_VERSION = 1
 SPEC_METADATA_KEY = "melanoma_model_spec"
 CAM_WEIGHTS_METADATA_KEY = "melanoma_cam_weights"
 
-RESIZE_POLICIES = ("resize", "center-crop", "shorter-side-resize+center-crop")
-COLOR_ORDERS = ("RGB", "BGR")
-OUTPUT_KINDS = ("sigmoid", "softmax")
-INTERPOLATIONS = ("bilinear", "area", "bicubic", "nearest")
+ResizePolicy = Literal["resize", "center-crop", "shorter-side-resize+center-crop"]
+ColorOrder = Literal["RGB", "BGR"]
+OutputKind = Literal["sigmoid", "softmax"]
+Interpolation = Literal["bilinear", "area", "bicubic", "nearest"]
+RESIZE_POLICIES: tuple[ResizePolicy, ...] = get_args(ResizePolicy)
+COLOR_ORDERS: tuple[ColorOrder, ...] = get_args(ColorOrder)
+OUTPUT_KINDS: tuple[OutputKind, ...] = get_args(OutputKind)
+INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
+
+# The square input sizes a model may declare; the exporter refuses others up front.
+MIN_INPUT_SIZE = 16
+MAX_INPUT_SIZE = 2048
+# The graph's tensor names, written by the exporter and read by the server.
+INPUT_NAME = "image"
+LOGITS_NAME = "logits"
+FEATURES_NAME = "features"
+DEFAULT_LABELS: tuple[str, str] = ("benign", "melanoma")
+# Uploads larger than this are refused from their header, before any pixel is decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,22 +54,22 @@ class ModelSpec:
 
     architecture: str
     input_size: int
-    output_kind: str
+    output_kind: OutputKind
     melanoma_index: int
     checkpoint_sha256: str
     demo: bool
     name: str = "melanoma-resnest"
     version: str = "0"
-    resize: str = "resize"
-    interpolation: str = "bilinear"
-    color_order: str = "RGB"
+    resize: ResizePolicy = "resize"
+    interpolation: Interpolation = "bilinear"
+    color_order: ColorOrder = "RGB"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    labels: tuple[str, ...] = ("benign", "melanoma")
+    labels: tuple[str, ...] = DEFAULT_LABELS
     threshold: float = 0.5
-    input_name: str = "image"
-    logits_name: str = "logits"
-    features_name: str = "features"
+    input_name: str = INPUT_NAME
+    logits_name: str = LOGITS_NAME
+    features_name: str = FEATURES_NAME
     feature_channels: int = 2048
     checkpoint_name: str = ""
     checkpoint_format: str = ""
@@ -70,6 +87,25 @@ class ModelSpec:
     @property
     def trained(self) -> bool:
         return not self.demo
+
+    @property
+    def class_count(self) -> int:
+        """Columns of the logits: one melanoma logit (sigmoid) or one per class (softmax)."""
+        return class_count(self.output_kind)
+
+    @property
+    def melanoma_column(self) -> int:
+        """The logits column that holds melanoma's evidence."""
+        return 0 if self.output_kind == "sigmoid" else self.melanoma_index
+
+    def melanoma_probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Melanoma probability per row of logits."""
+        return melanoma_probabilities(logits, self.output_kind, self.melanoma_index)
+
+    def label_for(self, probability: float) -> tuple[bool, str]:
+        """Whether `probability` is at or above the threshold, and the label that says so."""
+        positive = probability >= self.threshold
+        return positive, self.labels[1] if positive else self.labels[0]
 
     @property
     def display_name(self) -> str:
@@ -110,8 +146,9 @@ class ModelSpec:
 
 def _problems(spec: ModelSpec) -> list[str]:
     problems = []
-    if spec.input_size < 16 or spec.input_size > 2048:
-        problems.append(f"input_size {spec.input_size} outside 16..2048")
+    if not MIN_INPUT_SIZE <= spec.input_size <= MAX_INPUT_SIZE:
+        problems.append(f"input_size {spec.input_size} outside "
+                        f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}")
     if spec.resize not in RESIZE_POLICIES:
         problems.append(f"resize {spec.resize!r} not one of {RESIZE_POLICIES}")
     if spec.interpolation not in INTERPOLATIONS:
@@ -128,13 +165,17 @@ def _problems(spec: ModelSpec) -> list[str]:
         problems.append(f"threshold {spec.threshold} outside (0, 1)")
     if len(spec.labels) != 2:
         problems.append("labels need exactly two names: (negative, positive)")
-    classes = 1 if spec.output_kind == "sigmoid" else 2
-    if not 0 <= spec.melanoma_index < classes:
+    if spec.output_kind in OUTPUT_KINDS and not 0 <= spec.melanoma_index < spec.class_count:
         problems.append(f"melanoma_index {spec.melanoma_index} invalid for {spec.output_kind}")
     return problems
 
 
-def melanoma_probabilities(logits: np.ndarray, output_kind: str,
+def class_count(output_kind: OutputKind) -> int:
+    """Columns of the logits for an output kind: the network head's output size."""
+    return 1 if output_kind == "sigmoid" else 2
+
+
+def melanoma_probabilities(logits: np.ndarray, output_kind: OutputKind,
                            melanoma_index: int) -> np.ndarray:
     """Melanoma probability per row of logits: sigmoid of one logit, or softmax's class."""
     logits = np.asarray(logits, dtype=np.float64)

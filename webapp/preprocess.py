@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 
 from webapp.image_header import ImageHeader, read_header
-
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+from webapp.model_spec import DEFAULT_MAX_IMAGE_PIXELS
 # OpenCV reads this once, at its first import: a second line of defence behind read_header.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_IMAGE_PIXELS))
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")

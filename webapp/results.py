@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,17 +10,21 @@ import numpy as np
 
 from webapp import patient as patient_rank
 from webapp import wording
+from webapp.classifier import Prediction
 from webapp.errors import ClientError
+from webapp.insight import Insight
 from webapp.model_spec import ModelSpec
 from webapp.multi_upload import NamedUpload
 from webapp.report import ReportContent
+from webapp.service import Analysis, PredictionService
+from webapp.visuals import Visuals
 
 DISCLAIMER = ("Research demo, not a medical device and not a diagnosis. Any concerning skin "
               "lesion must be examined by a dermatologist.")
 THUMBNAIL_SIDE = 240
 
 
-def single(analysis: Any, spec: ModelSpec, heatmap_png: bool = False) -> dict[str, Any]:
+def single(analysis: Analysis, spec: ModelSpec, heatmap_png: bool = False) -> dict[str, Any]:
     """The JSON body of one analysis; the page's download is this same body."""
     prediction, insight = analysis.prediction, analysis.insight
     body: dict[str, Any] = {
@@ -52,7 +56,7 @@ def single(analysis: Any, spec: ModelSpec, heatmap_png: bool = False) -> dict[st
     return body
 
 
-def report_content(analysis: Any, spec: ModelSpec, filename: str) -> ReportContent:
+def report_content(analysis: Analysis, spec: ModelSpec, filename: str) -> ReportContent:
     prediction = analysis.prediction
     return ReportContent(
         filename=filename, probability_text=wording.percent(prediction.probability),
@@ -71,29 +75,30 @@ def report_content(analysis: Any, spec: ModelSpec, filename: str) -> ReportConte
 class Lesion:
     index: int
     filename: str
-    analysis: Any
+    analysis: Analysis
     standing: patient_rank.Standing
 
     @property
-    def prediction(self) -> Any:
+    def prediction(self) -> Prediction:
         return self.analysis.prediction
 
     @property
-    def insight(self) -> Any:
+    def insight(self) -> Insight:
         return self.analysis.insight
 
     @property
-    def visuals(self) -> Any:
+    def visuals(self) -> Visuals | None:
         return self.analysis.visuals
 
 
-def patient(uploads: Sequence[NamedUpload], policy: str, spec: ModelSpec,
-            analyse: Callable[..., Any]) -> list[Lesion]:
+def patient(uploads: Sequence[NamedUpload], policy: str,
+            service: PredictionService) -> list[Lesion]:
     """Analyse each photo in turn (each admitted like a single upload), then rank them."""
     analyses = []
     for upload in uploads:
         try:
-            analyses.append(analyse(upload.data, policy, max_side=THUMBNAIL_SIDE))
+            analyses.append(service.predict(upload.data, policy, want_heatmap=True,
+                                            display_side=THUMBNAIL_SIDE))
         except ClientError as error:  # name the photo the problem is about
             raise type(error)(f"{upload.filename}: {error.message}", code=error.code,
                               status=error.status) from None

@@ -1,4 +1,5 @@
-"""Headers every response carries: no inline script, no framing, no sniffing, no referrer."""
+"""Headers every response carries: no inline script, no framing, no sniffing, no referrer;
+and the one place that says what may be cached (only static assets)."""
 from __future__ import annotations
 
 from flask import Flask, Response, request
@@ -24,6 +25,8 @@ def init_app(app: Flask) -> None:
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Permissions-Policy", "geolocation=(), microphone=()")
-        if request.method == "POST":
+        # Results, errors, metrics and pages with a CSRF token are private to one request;
+        # only the static assets may be kept by browsers and proxies.
+        if request.endpoint != "static":
             response.headers["Cache-Control"] = "no-store"
         return response

@@ -38,9 +38,8 @@ def read_image(request: Request) -> bytes:
     if len(uploads) > 1:
         raise ClientError(f"send one image per request; got {len(uploads)}",
                           code="multiple_images")
-    data = uploads[0].stream.read()
-    if not data:
-        raise ClientError("the uploaded file is empty", code="empty_image")
+    # An empty file is refused by preprocess.decode_image, like any other unreadable image.
+    data: bytes = uploads[0].stream.read()
     return data
 
 

@@ -9,7 +9,7 @@ from flask import (Blueprint, Response, current_app, redirect, render_template, 
 from werkzeug.wrappers import Response as BaseResponse
 
 from webapp import heatmap, report, results, tta, wording
-from webapp._interim import analyse, classifier
+from webapp.service import current_service
 from webapp.multi_upload import (DEFAULT_MAX_IMAGES, DEFAULT_MAX_TOTAL_PIXELS, read_images,
                                  upload_name)
 from webapp.uploads import read_image
@@ -27,8 +27,9 @@ def predict() -> Response:
     policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
     data = read_image(request)
     filename = upload_name(request, "image")
-    analysis = analyse(data, policy)
-    spec = classifier().spec
+    service = current_service()
+    analysis = service.predict(data, policy, want_heatmap=True)
+    spec = service.spec
     body = results.single(analysis, spec)
     assert analysis.visuals is not None
     page = render_template(
@@ -57,12 +58,12 @@ def patient_predict() -> Response:
     policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
     uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]),
                           int(current_app.config["MAX_PATIENT_PIXELS"]), min_images=2)
-    lesions = results.patient(uploads, policy, classifier().spec, analyse)
+    service = current_service()
+    lesions = results.patient(uploads, policy, service)
     odd = next((lesion for lesion in lesions if lesion.standing.odd_one_out), None)
     ordered = sorted(lesions, key=lambda lesion: lesion.standing.probability_rank)
     page = render_template("patient_result.html", lesions=ordered, odd=odd,
-                           result_json=_json_bytes(results.patient_body(lesions,
-                                                                        classifier().spec)),
+                           result_json=_json_bytes(results.patient_body(lesions, service.spec)),
                            colour_stops=heatmap.colour_stops())
     return _no_store(page)
 
@@ -79,8 +80,8 @@ def api_page() -> str:
 
 @bp.app_context_processor
 def _model_context() -> dict[str, object]:
-    model = current_app.extensions.get("classifier")
-    return {"spec": model.spec if model else None, "policies": list(tta.POLICIES),
+    # Every page reads the model's facts (threshold, labels, demo) from its spec alone.
+    return {"spec": current_service().spec, "policies": list(tta.POLICIES),
             "default_policy": current_app.config["DEFAULT_TTA"],
             "max_bytes": int(current_app.config["MAX_CONTENT_LENGTH"]),
             "max_count": int(current_app.config["MAX_PATIENT_IMAGES"]), "min_count": 2}
@@ -93,7 +94,7 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 
 def _ood_threshold() -> float | None:
-    reference = getattr(classifier(), "_ood", None)
+    reference = current_service().classifier.ood_reference
     return reference.threshold if reference else None
 
 

@@ -57,8 +57,8 @@ def threshold_sentence(positive: bool, threshold: float, labels: Sequence[str]) 
     side = "at or above" if positive else "below"
     call = labels[1] if positive else labels[0]
     return (f"The model calls a photo “{labels[1]}” when the probability is "
-            f"{percent(threshold)} or more. This one is {side} that line, so its call is "
-            f"“{call}”.")
+            f"{percent(threshold)} or more (the mark on the bar). This one is {side} that "
+            f"mark, so its call is “{call}”.")
 
 
 def file_stem(filename: str | None, default: str = "lesion") -> str:
@@ -75,9 +75,9 @@ _VIEW_WORDS = {
     "anti-transpose": "mirrored across the other diagonal",
 }
 _WARNING_TITLES = {
-    "not_a_lesion": "Not a skin lesion?", "blurry": "Blurred", "too_dark": "Too dark",
-    "too_bright": "Too bright", "low_contrast": "Nothing stands out",
-    "lesion_too_small": "Lesion too small",
+    "not_a_lesion": "Not a skin lesion?", "blurry": "Blurred.", "too_dark": "Too dark.",
+    "too_bright": "Too bright.", "low_contrast": "Nothing stands out.",
+    "lesion_too_small": "Lesion too small.",
 }
 
 
@@ -86,7 +86,7 @@ def view_words(name: str) -> str:
 
 
 def warning_title(code: str) -> str:
-    return _WARNING_TITLES.get(code, code.replace("_", " ").capitalize())
+    return _WARNING_TITLES.get(code, code.replace("_", " ").capitalize() + ".")
 
 
 def model_words(spec: object) -> str:

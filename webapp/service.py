@@ -1,0 +1,138 @@
+"""The model server around the Classifier: admission, stage timing, readiness, PNG encoding.
+
+One PredictionService per worker process, shared by the form (views.py) and the API
+(api.py), found with `current_service()`. Like KServe's model server, it times each stage
+of the model for metrics and owns admission, so the model is never patched at run time.
+Cache-Control for every dynamic response is set once, in security.py.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from flask import Flask, current_app
+
+from webapp import metrics, photo, preprocess, tta, visuals
+from webapp.admission import InferenceGate
+from webapp.classifier import Classifier, Prediction
+from webapp.insight import Insight
+from webapp.model_spec import DEFAULT_MAX_IMAGE_PIXELS, ModelSpec
+
+_EXTENSION = "prediction_service"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the form and the API show: the model's answer, stage timings, optional images."""
+
+    prediction: Prediction
+    timing_ms: Mapping[str, float]
+    insight: Insight
+    visuals: visuals.Visuals | None = None
+
+    @property
+    def model_input_png(self) -> bytes | None:
+        return self.visuals.model_input_png if self.visuals else None
+
+    @property
+    def heatmap_png(self) -> bytes | None:
+        """The user's photo with the heatmap laid over it."""
+        return self.visuals.blended_png if self.visuals else None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reason: str
+
+
+class PredictionService:
+    """Admits, runs, times and renders predictions of one warmed-up Classifier."""
+
+    def __init__(self, classifier: Classifier, gate: InferenceGate | None = None,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 stuck_after_seconds: float = 60.0) -> None:
+        self.classifier = classifier
+        self.gate = gate or InferenceGate()
+        self._max_image_pixels = max_image_pixels
+        self._stuck_after = stuck_after_seconds
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.classifier.spec
+
+    def readiness(self) -> Readiness:
+        """Ready while the model is warmed up and no prediction has hung in its slot."""
+        if not self.classifier.warmed_up:
+            return Readiness(False, "the model is not warmed up")
+        running = self.gate.longest_running()
+        if running > self._stuck_after:
+            return Readiness(False, f"a prediction has been running for {running:.0f} s")
+        return Readiness(True, "")
+
+    def predict(self, data: bytes, policy: str = tta.DEFAULT_POLICY, *,
+                want_heatmap: bool = True, want_input_image: bool = False,
+                display_side: int = photo.DISPLAY_SIDE) -> Analysis:
+        """Decode, preprocess and run every TTA view under admission; then explain.
+
+        Warnings are always worked out; the pictures only when a heatmap or the model's
+        input is wanted, with the photo shown at most `display_side` pixels long.
+        """
+        views = tta.views_for(policy)
+        model = self.classifier
+        with self.gate.admit():
+            started = time.perf_counter()
+            image = preprocess.decode_image(data, self._max_image_pixels)
+            decoded = time.perf_counter()
+            seen, batch = model.preprocess(image, views)
+            prepared = time.perf_counter()
+            logits, features = model.run_batch(batch)
+            inferred = time.perf_counter()
+            self.gate.record(inferred - started)
+        prediction = model.postprocess(logits, policy, image)
+        insight = model.explain(image, features, views)
+        drawn = (visuals.render(image, seen, insight.grid, model.spec, display_side)
+                 if want_heatmap or want_input_image else None)
+        finished = time.perf_counter()
+        timing = {"decode": _ms(started, decoded), "preprocess": _ms(decoded, prepared),
+                  "inference": _ms(prepared, inferred), "heatmap": _ms(inferred, finished),
+                  "total": _ms(started, finished)}
+        metrics.observe_stages(timing)
+        return Analysis(prediction, timing, insight, drawn)
+
+
+def init_app(app: Flask) -> None:
+    """Load, check and warm up the model, and attach its service to the app."""
+    config = app.config
+    classifier = Classifier(Path(config["MODEL_PATH"]),
+                            intra_op_threads=int(config["INTRA_OP_THREADS"]),
+                            cache_dir=_optional_path(config["MODEL_CACHE_DIR"]))
+    classifier.warm_up()
+    gate = InferenceGate(max_running=int(config["MAX_RUNNING"]),
+                         max_waiting=int(config["MAX_WAITING"]),
+                         wait_timeout=float(config["QUEUE_TIMEOUT"]))
+    app.extensions[_EXTENSION] = PredictionService(
+        classifier, gate, max_image_pixels=int(config["MAX_IMAGE_PIXELS"]),
+        stuck_after_seconds=float(config["STUCK_AFTER_SECONDS"]))
+    metrics.describe_model(classifier.spec)
+
+
+def service_of(app: Flask) -> PredictionService:
+    """The app's prediction service (created by `init_app`)."""
+    service: PredictionService = app.extensions[_EXTENSION]
+    return service
+
+
+def current_service() -> PredictionService:
+    """The prediction service of the app handling the current request."""
+    return service_of(current_app)  # type: ignore[arg-type]
+
+
+def _ms(start: float, end: float) -> float:
+    return round((end - start) * 1000.0, 2)
+
+
+def _optional_path(value: object) -> Path | None:
+    return Path(str(value)) if value else None
