@@ -26,12 +26,12 @@ class ImageWarning:
 
 @dataclass(frozen=True)
 class Measures:
-    brightness: float        # mean luma, 0..255
-    dark_fraction: float     # share of pixels under 30
+    brightness: float        # median luma of the lit pixels, 0..255
+    dark_fraction: float     # share of pixels under 30 (a dermoscope's dark corners count)
     clipped_fraction: float  # share of pixels over 245
     sharpness: float         # Laplacian energy relative to the image's own contrast
     skin_fraction: float     # share of the lit pixels with skin or lesion colours
-    lesion_fraction: float   # share of the area darker than the surrounding skin
+    lesion_fraction: float   # share of the area unlike the surrounding skin, largest blob
     contrast: float          # std of luma
 
 
@@ -44,10 +44,11 @@ def measure(image_rgb: np.ndarray) -> Measures:
     contrast = float(grey.std())
     laplacian = cv2.Laplacian(cv2.GaussianBlur(grey, (3, 3), 0), cv2.CV_32F)
     sharpness = float(laplacian.std()) / max(contrast, 1.0)
+    brightness = float(np.median(grey[lit])) if lit.any() else float(grey.mean())
     return Measures(
-        brightness=float(grey.mean()), dark_fraction=float(1.0 - lit.mean()),
+        brightness=brightness, dark_fraction=float(1.0 - lit.mean()),
         clipped_fraction=float((grey > 245).mean()), sharpness=sharpness,
-        skin_fraction=_skin_fraction(hsv, lit), lesion_fraction=_lesion_fraction(grey, lit),
+        skin_fraction=_skin_fraction(hsv, lit), lesion_fraction=_lesion_fraction(small, lit),
         contrast=contrast)
 
 
@@ -55,7 +56,7 @@ def check(image_rgb: np.ndarray) -> tuple[ImageWarning, ...]:
     """Every quality warning that applies to this photo, most serious first."""
     m = measure(image_rgb)
     found: list[ImageWarning] = []
-    dark = m.brightness < 45 or m.dark_fraction > 0.6
+    dark = m.brightness < 40 or m.dark_fraction > 0.75
     bright = m.brightness > 225 or m.clipped_fraction > 0.4
     # Bad exposure washes colours out, so only a photo with almost no skin colour at all is
     # called "not a lesion" when it is also too dark or too bright.
@@ -105,12 +106,16 @@ def _skin_fraction(hsv: np.ndarray, lit: np.ndarray) -> float:
     return float((skin & lit).sum() / lit.sum())
 
 
-def _lesion_fraction(grey: np.ndarray, lit: np.ndarray) -> float:
-    # A lesion is darker than the skin around it: pixels well under the skin's median luma.
+def _lesion_fraction(small_rgb: np.ndarray, lit: np.ndarray) -> float:
+    # A lesion differs in colour from the skin around it, darker or (pale naevi) lighter:
+    # pixels far from the photo's median colour in CIELAB, the largest connected blob.
     if not lit.any():
         return 0.0
-    skin_level = float(np.median(grey[lit]))
-    darker = (grey < skin_level * 0.8) & lit
-    count, _, stats, _ = cv2.connectedComponentsWithStats(darker.astype(np.uint8), 8)
+    lab = cv2.cvtColor(small_rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    skin = np.median(lab[lit], axis=0)
+    distance = np.linalg.norm(lab - skin, axis=2)
+    unlike = ((distance > 12) & lit).astype(np.uint8)
+    unlike = cv2.morphologyEx(unlike, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(unlike, 8)
     largest = int(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0
-    return largest / grey.size
+    return largest / unlike.size
