@@ -76,14 +76,15 @@ def check(image_rgb: np.ndarray) -> tuple[ImageWarning, ...]:
         found.append(ImageWarning(
             "blurry", "The photo is blurred; edges and structures the model relies on are "
             "not visible. Hold the camera still and focus on the lesion."))
-    if m.contrast < 4:
-        found.append(ImageWarning(
-            "low_contrast", "The photo is almost uniform; no lesion stands out from the "
-            "background."))
-    elif not (found or dark or bright) and m.lesion_fraction < 0.005:
-        found.append(ImageWarning(
-            "lesion_too_small", "The lesion covers a tiny part of the photo. Move closer or "
-            "crop so the lesion fills most of the frame."))
+    if not (found or dark or bright):
+        if 0 < m.lesion_fraction < 0.005:
+            found.append(ImageWarning(
+                "lesion_too_small", "The lesion covers a tiny part of the photo. Move closer "
+                "or crop so the lesion fills most of the frame."))
+        elif m.lesion_fraction == 0 and m.contrast < 8:
+            found.append(ImageWarning(
+                "low_contrast", "The photo is almost uniform; no lesion stands out from the "
+                "background."))
     return tuple(found)
 
 
