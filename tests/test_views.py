@@ -30,8 +30,9 @@ def test_form_works_without_javascript_and_offers_the_camera(client: FlaskClient
 
 def test_form_offers_view_counts_in_words(client: FlaskClient) -> None:
     page = client.get("/").get_data(as_text=True)
-    assert "8 views: the photo turned and flipped every way (recommended)" in page
-    assert "4 views: the photo flipped" in page and "1 view: the photo as it is" in page
+    assert '<option value="dihedral" selected>8 views (turned and flipped)</option>' in page
+    assert "4 views (flipped)" in page and "1 view (as uploaded)" in page
+    assert "8 is recommended" in page
     assert "in 3 ways" not in page
 
 
@@ -200,7 +201,7 @@ def test_patient_page_ranks_by_probability_and_flags_the_odd_one(client: FlaskCl
     assert "The odd one out: odd.jpg" in page
     shown = [float(p) for p in re.findall(r'<tr data-probability="([0-9.e-]+)"', page)]
     assert len(shown) == 4 and shown == sorted(shown, reverse=True)
-    assert re.search(r'class="odd">\s*<td><img src="data:image/jpeg;base64,', page)
+    assert re.search(r'class="odd">\s*<th scope="row"><span class="file">odd.jpg</span>', page)
     assert page.count('src="data:image/jpeg;base64,') == 4
 
 

@@ -117,6 +117,6 @@ def _lesion_fraction(small_rgb: np.ndarray, lit: np.ndarray) -> float:
     distance = np.linalg.norm(lab - skin, axis=2)
     unlike = ((distance > 12) & lit).astype(np.uint8)
     unlike = cv2.morphologyEx(unlike, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    count, _, stats, _ = cv2.connectedComponentsWithStats(unlike, 8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(unlike, connectivity=8)
     largest = int(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0
     return largest / unlike.size

@@ -27,11 +27,13 @@ def views_phrase(count: int) -> str:
     return "1 view" if count == 1 else f"{count} views"
 
 
+_POLICY_SHORT = {"dihedral": "turned and flipped", "flips": "flipped", "none": "as uploaded"}
+
+
 def policy_label(policy: str) -> str:
-    """How a TTA policy reads in the form's select."""
+    """How a TTA policy reads in the form's select: short enough for a 320 px phone."""
     count = len(tta.POLICIES[policy])
-    words = _POLICY_WORDS.get(policy, policy)
-    return f"{views_phrase(count)}: {words}"
+    return f"{views_phrase(count)} ({_POLICY_SHORT.get(policy, policy)})"
 
 
 def agreement(probabilities: Sequence[float], policy: str) -> str:

@@ -62,7 +62,7 @@
     label.textContent = text;
   }
 
-  function showError(form, html) {
+  function showError(form, html, status) {
     var old = $("#upload-error");
     var incoming = html ? new DOMParser().parseFromString(html, "text/html") : null;
     var fresh = incoming && incoming.querySelector("#upload-error, .error");
@@ -70,7 +70,9 @@
       fresh = document.createElement("div");
       fresh.className = "error";
       fresh.setAttribute("role", "alert");
-      fresh.textContent = "Could not reach the server. Check your connection and try again; your photo is still selected.";
+      fresh.textContent = status
+        ? "The server could not analyse this upload (HTTP " + status + "). Your photo is still selected; try again in a moment."
+        : "Could not reach the server. Check your connection and try again; your photo is still selected.";
     }
     fresh.id = "upload-error";
     fresh = document.importNode(fresh, true);
@@ -126,9 +128,9 @@
     xhr.onload = function () {
       done();
       var html = xhr.responseText || "";
-      if (xhr.status === 200) { showPage(html); } else { showError(form, html); }
+      if (xhr.status === 200) { showPage(html); } else { showError(form, html, xhr.status); }
     };
-    xhr.onerror = xhr.ontimeout = function () { done(); showError(form, null); };
+    xhr.onerror = xhr.ontimeout = function () { done(); showError(form, null, 0); };
     xhr.send(new FormData(form));
   }
 
