@@ -270,7 +270,7 @@ def test_form_works_without_javascript(visit: Any, photos: dict[str, Path]) -> N
     assert navigation.value is not None and navigation.value.status == 200
     assert page.get_by_role("heading", level=1).inner_text() == "Result for lesion.jpg"
     assert page.locator(".opacity-control").is_hidden()
-    assert page.locator("img.heatmap").evaluate("i => getComputedStyle(i).opacity") == "0.5"
+    assert page.locator("img.heatmap").evaluate("i => getComputedStyle(i).opacity") == "0.4"
     v.check("result-nojs")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from webapp import heatmap, photo
 from webapp.model_spec import ModelSpec
 
-DEFAULT_OPACITY = 0.5
+DEFAULT_OPACITY = 0.4
 
 
 @dataclass(frozen=True, eq=False)
