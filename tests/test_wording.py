@@ -34,3 +34,10 @@ def test_threshold_sentence_names_the_line_and_the_call() -> None:
                                         ("ü" * 100 + ".jpg", "lesion")])
 def test_download_names_are_safe(name: str, stem: str) -> None:
     assert wording.file_stem(name) == stem
+
+
+@pytest.mark.parametrize("name, shown", [("mole.jpg", "mole.jpg"), ("../../x.JPEG", "x.JPEG"),
+                                         ("<b>hi</b>.png", "b.png"), ("", "photo"),
+                                         ("a\u202egpj.exe", "a-gpj.exe")])
+def test_shown_names_carry_no_markup_path_or_direction_tricks(name: str, shown: str) -> None:
+    assert wording.display_name(name) == shown

@@ -7,6 +7,7 @@ from flask import Request
 
 from webapp.errors import ClientError, InvalidImage
 from webapp.image_header import read_header
+from webapp.wording import display_name
 
 FIELD = "images"
 DEFAULT_MAX_IMAGES = 6
@@ -42,7 +43,7 @@ def read_images(request: Request, max_images: int, max_total_pixels: int,
     uploads = []
     total = 0
     for number, part in enumerate(files, start=1):
-        name = (part.filename or f"photo {number}")[:120]
+        name = display_name(part.filename, f"photo-{number}")
         data = part.stream.read()
         if not data:
             raise ClientError(f"{name}: the file is empty", code="empty_image")

@@ -26,7 +26,7 @@ def index() -> str:
 def predict() -> Response:
     policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
     data = read_image(request)
-    filename = upload_name(request, "image")
+    filename = wording.display_name(upload_name(request, "image"))
     service = current_service()
     analysis = service.predict(data, policy, want_heatmap=True)
     spec = service.spec

@@ -63,6 +63,15 @@ def threshold_sentence(positive: bool, threshold: float, labels: Sequence[str]) 
             f"mark, so its call is “{call}”.")
 
 
+def display_name(filename: str | None, default: str = "photo") -> str:
+    """The upload's name as the page may show it: its base name in safe characters only,
+    since a client's file name could carry markup, a path or a trick of direction."""
+    name = PureWindowsPath(PurePosixPath(filename or "").name).name
+    extension = re.sub(r"[^A-Za-z0-9]", "", name.rsplit(".", 1)[1])[:5] if "." in name else ""
+    stem = file_stem(filename, default)
+    return f"{stem}.{extension}" if extension else stem
+
+
 def file_stem(filename: str | None, default: str = "lesion") -> str:
     """A safe, short base name for downloads, taken from the uploaded file's name."""
     name = PureWindowsPath(PurePosixPath(filename or "").name).name
