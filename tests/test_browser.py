@@ -29,7 +29,7 @@ VIEWPORTS: dict[str, dict[str, Any]] = {
     "desktop": {"viewport": {"width": 1280, "height": 800}},
     "phone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2,
               "is_mobile": True, "has_touch": True},
-    "narrow": {"viewport": {"width": 320, "height": 640}, "device_scale_factor": 2,
+    "narrow": {"viewport": {"width": 320, "height": 640}, "device_scale_factor": 1,
                "is_mobile": True, "has_touch": True},
 }
 # Records what CSP blocks even where the browser would not log it to the console.
