@@ -14,7 +14,7 @@ serve: setup model
 	exec $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 ## test: install system and Python packages, then run the whole suite
-test: system-packages setup
+test: system-packages setup browser-tools
 	$(PY) -m pytest
 
 setup: $(VENV)/.installed
@@ -32,3 +32,13 @@ $(MODEL): | $(VENV)/.installed
 
 system-packages:
 	scripts/install-system-packages.sh system-packages.txt
+
+# axe-core for the browser suite's accessibility checks: npm, into the git-ignored build/.
+AXE_VERSION := 4.14.1
+AXE := build/npm/node_modules/axe-core/axe.min.js
+
+.PHONY: browser-tools
+browser-tools: $(AXE)
+
+$(AXE):
+	npm install --prefix build/npm --no-save --no-audit --no-fund axe-core@$(AXE_VERSION)

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mark the model as an untrained demo in its spec and the UI")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest |Δ probability| between ONNX Runtime and PyTorch accepted")
+    parser.add_argument("--reference-images", type=Path, metavar="DIR",
+                        help="folder of photos like the ones the model will see (e.g. its "
+                             "training images); their feature statistics go into the model so "
+                             "the server warns about uploads unlike all of them")
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
                         help="load with weights_only=False; runs code from the file, trusted "
                              "files only")
@@ -83,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = export_checkpoint(request_from_args(args))
+        if args.reference_images is not None:
+            from export.reference import embed_from_folder
+
+            reference = embed_from_folder(result.output, args.reference_images)
+            print(f"recorded out-of-distribution statistics of {reference.images} reference "
+                  "images")
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -46,3 +46,14 @@ def jpeg_with_exif_orientation(image_rgb: np.ndarray, orientation: int) -> bytes
     stream = io.BytesIO()
     Image.fromarray(image_rgb).save(stream, "JPEG", quality=95, exif=exif.tobytes())
     return stream.getvalue()
+
+
+def atypical_lesion_rgb(width: int = 400, height: int = 300, seed: int = 0) -> np.ndarray:
+    """A lesion unlike `lesion_rgb`'s: irregular, black and blue-grey on darker skin."""
+    rng = np.random.default_rng(seed)
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = (150, 105, 80)
+    outline = np.array([[0.3, 0.3], [0.7, 0.25], [0.8, 0.6], [0.55, 0.85], [0.2, 0.7]])
+    cv2.fillPoly(image, [(outline * [width, height]).astype(np.int32)], (30, 30, 60))
+    cv2.circle(image, (width // 2, height // 2), max(2, height // 6), (120, 130, 170), -1)
+    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)

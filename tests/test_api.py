@@ -40,6 +40,9 @@ def test_predict_returns_everything_a_client_needs(client: FlaskClient,
     assert body["image"] == {"width": 320, "height": 240}
     assert "not a diagnosis" in body["disclaimer"]
     assert "heatmap_png_base64" not in body
+    assert body["warnings"] == []
+    grid = np.asarray(body["heatmap"]["grid"])
+    assert grid.ndim == 2 and ((grid >= 0) & (grid <= 1)).all()
     assert response.headers["Cache-Control"] == "no-store"
 
 
@@ -48,7 +51,7 @@ def test_heatmap_is_an_optional_png(client: FlaskClient, lesion_jpeg_bytes: byte
                        data=_upload(lesion_jpeg_bytes)).get_json()
     png = base64.b64decode(body["heatmap_png_base64"])
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    assert image.shape == (64, 64, 3)
+    assert image.shape == (240, 320, 3), "drawn over the photo, in the photo's own aspect"
     assert len(body["tta"]["views"]) == 1
 
 
@@ -203,3 +206,82 @@ def test_saturated_server_answers_503_with_retry_after_then_recovers(
         thread.join(30)
     assert statuses == [200], "the prediction that held the slot is still answered"
     assert client.post("/api/v1/predict", data=_upload(lesion_jpeg_bytes)).status_code == 200
+
+
+@pytest.mark.parametrize("kind, code", [("landscape", "not_a_lesion"), ("text", "not_a_lesion"),
+                                        ("blurred", "blurry"), ("dark", "too_dark"),
+                                        ("bright", "too_bright")])
+def test_unsuitable_photos_come_with_warnings(client: FlaskClient, kind: str, code: str) -> None:
+    from tests import images, nonlesion
+
+    lesion = images.lesion_rgb(480, 360, seed=2)
+    made = {"blurred": lambda: cv2.GaussianBlur(lesion, (0, 0), 10),
+            "dark": lambda: (lesion * 0.15).astype(np.uint8),
+            "bright": lambda: np.clip(lesion.astype(int) + 120, 0, 255).astype(np.uint8),
+            "landscape": lambda: nonlesion.landscape(seed=5),
+            "text": lambda: nonlesion.text_page(seed=5)}[kind]()
+    body = client.post("/api/v1/predict?tta=none",
+                       data=_upload(images.encode(made, ".png"), f"{kind}.png")).get_json()
+    codes = [w["code"] for w in body["warnings"]]
+    assert code in codes
+    assert all(set(w) == {"code", "message"} and w["message"] for w in body["warnings"])
+
+
+def _patient(named: list[tuple[str, bytes]]) -> dict[str, object]:
+    return {"images": [(io.BytesIO(data), name) for name, data in named]}
+
+
+def test_patient_endpoint_ranks_lesions_and_names_the_odd_one(client: FlaskClient) -> None:
+    from tests import images
+
+    named = [(f"mole-{i}.jpg", images.encode(images.lesion_rgb(400, 300, seed=i), ".jpg"))
+             for i in range(3)]
+    named.insert(1, ("odd.jpg", images.encode(images.atypical_lesion_rgb(seed=4), ".jpg")))
+    response = client.post("/api/v1/patient?tta=none", data=_patient(named))
+    body = response.get_json()
+    assert response.status_code == 200
+    assert [lesion["filename"] for lesion in body["lesions"]] == [n for n, _ in named]
+    assert body["odd_one_out"] == 1 and body["lesions"][1]["standing"]["odd_one_out"] is True
+    assert body["lesions"][1]["standing"]["difference_rank"] == 1
+    ranks = sorted(lesion["standing"]["probability_rank"] for lesion in body["lesions"])
+    assert ranks == [1, 2, 3, 4]
+    by_rank = sorted(body["lesions"], key=lambda lesion: lesion["standing"]["probability_rank"])
+    assert [x["probability"] for x in by_rank] == sorted(
+        [x["probability"] for x in by_rank], reverse=True)
+    assert all("warnings" in lesion for lesion in body["lesions"])
+
+
+def test_patient_endpoint_bounds_count_pixels_and_names_the_bad_file(
+        tiny_onnx_model: Path) -> None:
+    from tests import images
+    from webapp.app import create_app
+
+    client = create_app({"TESTING": True, "MODEL_PATH": str(tiny_onnx_model),
+                         "MAX_PATIENT_IMAGES": 3, "MAX_PATIENT_PIXELS": 500_000}).test_client()
+    small = images.encode(images.lesion_rgb(200, 150), ".jpg")
+    big = images.encode(images.lesion_rgb(640, 480), ".jpg")
+    cases = [
+        ([("a.jpg", small)] * 4, 413, "too_many_images"),
+        ([("a.jpg", big), ("b.jpg", big)], 413, "images_too_large"),
+        ([("a.jpg", small), ("notes.jpg", b"hello, not a photo")], 415, "unsupported_media_type"),
+        ([("a.jpg", small), ("empty.jpg", b"")], 400, "empty_image"),
+    ]
+    for named, status, error in cases:
+        response = client.post("/api/v1/patient", data=_patient(named))
+        body = response.get_json()
+        assert response.status_code == status and body["error"] == error, body
+    named_error = client.post("/api/v1/patient", data=_patient(cases[2][0])).get_json()
+    assert named_error["message"].startswith("notes.jpg: ")
+
+
+def test_openapi_document_describes_every_endpoint(client: FlaskClient) -> None:
+    document = client.get("/api/v1/openapi.json").get_json()
+    assert document["openapi"] == "3.1.0"
+    assert set(document["paths"]) == {"/api/v1/predict", "/api/v1/patient", "/api/v1/model",
+                                      "/api/v1/openapi.json"}
+    result = document["components"]["schemas"]["Result"]
+    assert "warnings" in result["required"]
+    assert document["servers"] == [{"url": "http://localhost"}]
+    maximum = document["paths"]["/api/v1/patient"]["post"]["requestBody"]["content"][
+        "multipart/form-data"]["schema"]["properties"]["images"]["maxItems"]
+    assert maximum == 6

@@ -35,7 +35,8 @@ def _requests(app: Flask, image: bytes) -> dict[str, TestResponse]:
         "static": client.get("/static/style.css"),
         "not_found": client.get("/nothing-here"),
         "api_not_found": client.get("/api/v1/nothing"),
-        "method_not_allowed": client.get("/predict"),
+        # GET /predict redirects to the form (results are never stored); PUT is refused.
+        "method_not_allowed": client.put("/predict"),
         "form_result": upload("/predict", image),
         "api_result": upload("/api/v1/predict", image),
         "form_error": upload("/predict", b"GIF89a"),

@@ -1,19 +1,16 @@
-"""The JSON blueprint: /api/v1/predict and /api/v1/model."""
+"""The JSON blueprint: predictions for one photo or one patient's several, the spec, OpenAPI."""
 from __future__ import annotations
-
-import base64
-from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from webapp.model_spec import ModelSpec
-from webapp.service import Analysis, current_service
+from webapp import openapi, results
+from webapp.service import current_service
+from webapp.multi_upload import read_images
 from webapp.uploads import read_flag, read_image
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-DISCLAIMER = ("Research demo, not a medical device and not a diagnosis. Any concerning skin "
-              "lesion must be examined by a dermatologist.")
+DISCLAIMER = results.DISCLAIMER
 
 
 @bp.post("/predict")
@@ -22,7 +19,18 @@ def predict() -> Response:
     want_heatmap = read_flag(request, "heatmap", False)
     service = current_service()
     analysis = service.predict(read_image(request), policy, want_heatmap=want_heatmap)
-    return jsonify(serialise(analysis, service.spec))
+    return _no_store(jsonify(results.single(analysis, service.spec, want_heatmap)))
+
+
+@bp.post("/patient")
+def patient() -> Response:
+    policy = request.values.get("tta") or current_app.config["DEFAULT_TTA"]
+    want_heatmap = read_flag(request, "heatmap", False)
+    uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]),
+                          int(current_app.config["MAX_PATIENT_PIXELS"]))
+    service = current_service()
+    lesions = results.patient(uploads, policy, service)
+    return _no_store(jsonify(results.patient_body(lesions, service.spec, want_heatmap)))
 
 
 @bp.get("/model")
@@ -30,26 +38,13 @@ def model() -> Response:
     return jsonify(current_service().spec.as_dict())
 
 
-def serialise(analysis: Analysis, spec: ModelSpec) -> dict[str, Any]:
-    prediction = analysis.prediction
-    body: dict[str, Any] = {
-        "probability": round(prediction.probability, 6),
-        "label": prediction.label,
-        "positive": prediction.positive,
-        "threshold": spec.threshold,
-        "tta": {
-            "policy": prediction.policy,
-            "views": [{"name": name, "probability": round(p, 6)}
-                      for name, p in prediction.views],
-            "spread": round(prediction.spread, 6),
-        },
-        "image": {"width": prediction.image_width, "height": prediction.image_height},
-        "model": {"name": spec.name, "version": spec.version,
-                  "architecture": spec.architecture, "demo": spec.demo},
-        "demo": spec.demo,
-        "timing_ms": dict(analysis.timing_ms),
-        "disclaimer": DISCLAIMER,
-    }
-    if analysis.heatmap_png is not None:
-        body["heatmap_png_base64"] = base64.b64encode(analysis.heatmap_png).decode("ascii")
-    return body
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    return jsonify(openapi.document(request.host_url,
+                                    int(current_app.config["MAX_CONTENT_LENGTH"]),
+                                    int(current_app.config["MAX_PATIENT_IMAGES"])))
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response

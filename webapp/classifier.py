@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from webapp import heatmap, preprocess, tta
+from webapp import heatmap, insight, ood, preprocess, tta
 from webapp.errors import ModelLoadError
 from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, ModelSpec, SpecError,
                                decode_cam_weights, spec_from_metadata)
@@ -55,7 +55,8 @@ class Classifier:
                 raise SpecError("the model carries no CAM weights; re-export it")
             self._cam_weights, self._cam_bias = decode_cam_weights(
                 metadata[CAM_WEIGHTS_METADATA_KEY])
-        except SpecError as error:
+            self.ood_reference = ood.load(metadata)
+        except (SpecError, ood.ReferenceError) as error:
             raise ModelLoadError(f"{self.model_path}: {error}") from None
         _check_graph_matches_spec(self._session, self.spec, self._cam_weights,
                                   self.model_path)
@@ -120,6 +121,13 @@ class Classifier:
         feature grid."""
         maps = heatmap.activation_maps(features, self._cam_weights)
         return heatmap.normalise(heatmap.merge_maps(maps, views))
+
+
+    def explain(self, image: np.ndarray, features: np.ndarray,
+                views: tuple[tta.View, ...]) -> insight.Insight:
+        """Warnings about the photo, the honest heatmap grid and the pooled features."""
+        return insight.explain(image, features, views, self._cam_weights, self._cam_bias,
+                               self.ood_reference)
 
 
 def _check_graph_matches_spec(session: ort.InferenceSession, spec: ModelSpec,

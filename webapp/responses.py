@@ -17,6 +17,9 @@ _FRIENDLY = {
 }
 
 
+_FORMS = {"views.predict": "index.html", "views.patient_predict": "patient.html"}
+
+
 def wants_json() -> bool:
     return request.path.startswith("/api/")
 
@@ -26,9 +29,9 @@ def error_response(status: int, code: str, message: str,
     metrics.count_error(code)
     if wants_json():
         response = jsonify({"error": code, "message": message})
-    elif request.endpoint == "views.predict":
+    elif request.endpoint in _FORMS:
         # A failed form post re-renders the form with the reason, keeping the user in place.
-        response = Response(render_template("index.html", error=message))
+        response = Response(render_template(_FORMS[request.endpoint], error=message))
     else:
         response = Response(render_template("error.html", status=status, message=message))
     response.status_code = status

@@ -14,10 +14,11 @@ from typing import Mapping
 
 from flask import Flask, current_app
 
-from webapp import heatmap, metrics, preprocess, tta
+from webapp import metrics, photo, preprocess, tta, visuals
 from webapp.admission import InferenceGate
 from webapp.classifier import Classifier, Prediction
 from webapp.decode_sandbox import DecodeSandbox
+from webapp.insight import Insight
 from webapp.model_spec import DEFAULT_MAX_IMAGE_PIXELS, ModelSpec
 
 _EXTENSION = "prediction_service"
@@ -29,8 +30,17 @@ class Analysis:
 
     prediction: Prediction
     timing_ms: Mapping[str, float]
-    model_input_png: bytes | None = None
-    heatmap_png: bytes | None = None
+    insight: Insight
+    visuals: visuals.Visuals | None = None
+
+    @property
+    def model_input_png(self) -> bytes | None:
+        return self.visuals.model_input_png if self.visuals else None
+
+    @property
+    def heatmap_png(self) -> bytes | None:
+        """The user's photo with the heatmap laid over it."""
+        return self.visuals.blended_png if self.visuals else None
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,13 @@ class PredictionService:
         return Readiness(True, "")
 
     def predict(self, data: bytes, policy: str = tta.DEFAULT_POLICY, *,
-                want_heatmap: bool = True, want_input_image: bool = False) -> Analysis:
-        """Decode, preprocess and run every TTA view under admission; then explain."""
+                want_heatmap: bool = True, want_input_image: bool = False,
+                display_side: int = photo.DISPLAY_SIDE) -> Analysis:
+        """Decode, preprocess and run every TTA view under admission; then explain.
+
+        Warnings are always worked out; the pictures only when a heatmap or the model's
+        input is wanted, with the photo shown at most `display_side` pixels long.
+        """
         views = tta.views_for(policy)
         model = self.classifier
         with self.gate.admit():
@@ -81,16 +96,16 @@ class PredictionService:
             inferred = time.perf_counter()
             self.gate.record(inferred - started)
         prediction = model.postprocess(logits, policy, (upload.width, upload.height))
-        heatmap_png = (heatmap.encode_png(heatmap.overlay(
-            seen, model.activation_map(features, views))) if want_heatmap else None)
+        insight = model.explain(upload.photo, features, views)
+        drawn = (visuals.render(upload.photo, (upload.width, upload.height), seen,
+                                insight.grid, model.spec, display_side)
+                 if want_heatmap or want_input_image else None)
         finished = time.perf_counter()
         timing = {"decode": _ms(started, decoded), "preprocess": _ms(decoded, prepared),
                   "inference": _ms(prepared, inferred), "heatmap": _ms(inferred, finished),
                   "total": _ms(started, finished)}
         metrics.observe_stages(timing)
-        return Analysis(prediction, timing,
-                        model_input_png=heatmap.encode_png(seen) if want_input_image else None,
-                        heatmap_png=heatmap_png)
+        return Analysis(prediction, timing, insight, drawn)
 
 
 def init_app(app: Flask) -> None:

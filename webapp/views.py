@@ -1,13 +1,18 @@
-"""The HTML blueprint: an upload form that works without JavaScript, and the result page."""
+"""The HTML blueprint: upload forms that work without JavaScript, results, the API page."""
 from __future__ import annotations
 
 import base64
+import json
 
-from flask import Blueprint, current_app, render_template, request
+from flask import (Blueprint, Response, current_app, redirect, render_template, request,
+                   url_for)
+from werkzeug.wrappers import Response as BaseResponse
 
-from webapp import tta
+from webapp import heatmap, report, results, tta, wording
 from webapp.service import current_service
-from webapp.uploads import read_flag, read_image
+from webapp.multi_upload import (DEFAULT_MAX_IMAGES, DEFAULT_MAX_TOTAL_PIXELS, read_images,
+                                 upload_name)
+from webapp.uploads import read_image
 
 bp = Blueprint("views", __name__)
 
@@ -18,25 +23,106 @@ def index() -> str:
 
 
 @bp.post("/predict")
-def predict() -> str:
+def predict() -> Response:
     policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
-    want_heatmap = read_flag(request, "heatmap", True)
-    analysis = current_service().predict(read_image(request), policy,
-                                         want_heatmap=want_heatmap, want_input_image=True)
-    return render_template(
-        "result.html", prediction=analysis.prediction, views=analysis.prediction.views,
-        timing_ms=analysis.timing_ms,
-        input_image=_data_uri(analysis.model_input_png),
-        heatmap_image=_data_uri(analysis.heatmap_png))
+    data = read_image(request)
+    filename = wording.display_name(upload_name(request, "image"))
+    service = current_service()
+    analysis = service.predict(data, policy, want_heatmap=True)
+    spec = service.spec
+    body = results.single(analysis, spec)
+    assert analysis.visuals is not None
+    page = render_template(
+        "result.html", prediction=analysis.prediction, insight=analysis.insight,
+        visuals=analysis.visuals, timing_ms=analysis.timing_ms, filename=filename,
+        stem=wording.file_stem(filename), result_json=_json_bytes(body),
+        report_pdf=report.render(results.report_content(analysis, spec, filename),
+                                 analysis.visuals.blended_jpeg),
+        colour_stops=heatmap.colour_stops(), ood_threshold=_ood_threshold())
+    return _no_store(page)
+
+
+@bp.get("/predict")
+def predict_form() -> BaseResponse:
+    # Results are never stored, so a refreshed or bookmarked result has nothing to show.
+    return redirect(url_for("views.index"), code=303)
+
+
+@bp.get("/patient")
+def patient() -> str:
+    return render_template("patient.html")
+
+
+@bp.post("/patient")
+def patient_predict() -> Response:
+    policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
+    uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]),
+                          int(current_app.config["MAX_PATIENT_PIXELS"]), min_images=2)
+    service = current_service()
+    lesions = results.patient(uploads, policy, service)
+    odd = next((lesion for lesion in lesions if lesion.standing.odd_one_out), None)
+    ordered = sorted(lesions, key=lambda lesion: lesion.standing.probability_rank)
+    page = render_template("patient_result.html", lesions=ordered, odd=odd,
+                           result_json=_json_bytes(results.patient_body(lesions, service.spec)),
+                           colour_stops=heatmap.colour_stops())
+    return _no_store(page)
+
+
+@bp.get("/patient/predict")
+def patient_form() -> BaseResponse:
+    return redirect(url_for("views.patient"), code=303)
+
+
+@bp.get("/api")
+def api_page() -> str:
+    return render_template("api.html", base_url=request.host_url)
 
 
 @bp.app_context_processor
 def _model_context() -> dict[str, object]:
     # Every page reads the model's facts (threshold, labels, demo) from its spec alone.
     return {"spec": current_service().spec, "policies": list(tta.POLICIES),
-            "default_policy": current_app.config["DEFAULT_TTA"]}
+            "default_policy": current_app.config["DEFAULT_TTA"],
+            "max_bytes": int(current_app.config["MAX_CONTENT_LENGTH"]),
+            "max_count": int(current_app.config["MAX_PATIENT_IMAGES"]), "min_count": 2}
 
 
-def _data_uri(png: bytes | None) -> str | None:
-    # Results are never stored, so images travel inside the page itself.
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
+@bp.app_template_filter("data_uri")
+def _data_uri(data: bytes, mime: str) -> str:
+    # Results are never stored, so images and downloads travel inside the page itself.
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _ood_threshold() -> float | None:
+    reference = current_service().classifier.ood_reference
+    return reference.threshold if reference else None
+
+
+def _json_bytes(body: object) -> bytes:
+    return json.dumps(body, indent=2).encode("utf-8")
+
+
+def _no_store(page: str) -> Response:
+    response = Response(page)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.record_once
+def _defaults(state: object) -> None:
+    # Settable like every other key (MELANOMA_MAX_PATIENT_IMAGES=...); defaults live here.
+    config = state.app.config  # type: ignore[attr-defined]
+    config.setdefault("MAX_PATIENT_IMAGES", DEFAULT_MAX_IMAGES)
+    config.setdefault("MAX_PATIENT_PIXELS", DEFAULT_MAX_TOTAL_PIXELS)
+
+
+bp.add_app_template_filter(wording.percent, "pct")
+bp.add_app_template_filter(wording.policy_label, "policy_label")
+bp.add_app_template_filter(wording.view_words, "view_words")
+bp.add_app_template_filter(wording.warning_title, "warning_title")
+bp.add_app_template_filter(wording.model_words, "model_words")
+bp.add_app_template_filter(
+    lambda probabilities, policy: wording.agreement(probabilities, policy), "agreement")
+bp.add_app_template_filter(
+    lambda positive, spec: wording.threshold_sentence(positive, spec.threshold, spec.labels),
+    "threshold_words")
