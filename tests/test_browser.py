@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests import images
-from tests.live_server import REPO, LiveServer, serve
+from devtools.server import REPO, LiveServer, serve
 
 pytestmark = pytest.mark.slow
 

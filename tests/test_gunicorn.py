@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_server import Upload, start_server
+from devtools.server import Upload, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 

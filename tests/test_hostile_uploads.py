@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from tests import images
-from tests.live_server import LiveServer, Reply, Upload, multipart, rss_mib, serve
+from devtools.procs import rss_mib
+from devtools.server import LiveServer, Reply, Upload, multipart, serve
 from webapp.classifier import Classifier
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests import images
-from tests.live_server import LiveServer, Upload, rss_mib, serve
-from tests.load import hammer, save_report, summary
+from devtools.procs import rss_mib
+from devtools.server import LiveServer, Upload, serve
+from devtools.load import hammer, save_report, summary
 
 pytestmark = pytest.mark.slow
 

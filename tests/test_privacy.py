@@ -29,7 +29,7 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.test import create_environ
 
 from tests import images
-from tests.live_server import LiveServer, Upload, multipart, serve
+from devtools.server import LiveServer, Upload, multipart, serve
 
 BIG_UPLOAD_BYTES = 500 * 1024  # Werkzeug's own threshold for spooling a part to disk
 NAME = "Jane-Doe-DOB-1970-01-01-left-shoulder.jpg"
