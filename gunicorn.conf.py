@@ -45,3 +45,16 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# Health checks and scrapes must not count toward max_requests: a flood of them would
+# otherwise recycle the worker (and reload the model) every few seconds. gunicorn counts
+# a request right after this hook, so taking one off here leaves the count unchanged.
+_UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def pre_request(worker, req):
+    if req.path in _UNCOUNTED_PATHS:
+        worker.nr -= 1
+    else:
+        worker.log.debug("%s %s", req.method, req.path)
