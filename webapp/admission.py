@@ -6,7 +6,12 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from flask import Flask, request
+
+from webapp.capacity import Capacity
 from webapp.errors import Overloaded
+
+_DEFAULT = Capacity()
 
 
 class InferenceGate:
@@ -16,8 +21,9 @@ class InferenceGate:
     is refused at once with a Retry-After hint rather than piling up in memory.
     """
 
-    def __init__(self, max_running: int = 1, max_waiting: int = 4,
-                 wait_timeout: float = 10.0) -> None:
+    def __init__(self, max_running: int = _DEFAULT.max_running,
+                 max_waiting: int = _DEFAULT.max_waiting,
+                 wait_timeout: float = _DEFAULT.queue_timeout) -> None:
         self._slots = threading.BoundedSemaphore(max_running)
         self._lock = threading.Lock()
         self._waiting = 0
@@ -27,8 +33,9 @@ class InferenceGate:
         self._recent_seconds = 0.2  # refined by every prediction that runs
 
     @property
-    def waiting(self) -> int:
-        return self._waiting
+    def full(self) -> bool:
+        """No room in the queue: a new prediction would be refused."""
+        return self._waiting >= self._max_waiting
 
     def retry_after(self) -> int:
         backlog = (self._waiting + self._max_running) / self._max_running
@@ -55,3 +62,15 @@ class InferenceGate:
     def record(self, seconds: float) -> None:
         # An exponential average is enough for a Retry-After hint.
         self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
+
+
+def init_app(app: Flask, gate: InferenceGate, endpoints: frozenset[str]) -> None:
+    """Refuse predictions while the gate is full before their body is read or parsed.
+
+    On one CPU, parsing dozens of uploads only to refuse them would slow the prediction
+    running and the refusals themselves; gunicorn discards the unread body.
+    """
+    @app.before_request
+    def _refuse_when_full() -> None:
+        if request.endpoint in endpoints and gate.full:
+            raise Overloaded(gate.retry_after())

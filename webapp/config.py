@@ -5,7 +5,10 @@ from typing import Any
 
 from flask import Flask
 
+from webapp.capacity import Capacity
 from webapp.preprocess import DEFAULT_MAX_IMAGE_PIXELS
+
+_CAPACITY = Capacity()
 
 DEFAULTS: dict[str, Any] = {
     "MODEL_PATH": "models/default.onnx",
@@ -15,9 +18,10 @@ DEFAULTS: dict[str, Any] = {
     "INTRA_OP_THREADS": 1,
     # Where optimised graphs are kept between starts (webapp/session.py); None: no cache.
     "MODEL_CACHE_DIR": None,
-    "MAX_RUNNING": 1,
-    "MAX_WAITING": 4,
-    "QUEUE_TIMEOUT": 10.0,
+    # gunicorn's threads follow from these (webapp/capacity.py); set them, not threads.
+    "MAX_RUNNING": _CAPACITY.max_running,
+    "MAX_WAITING": _CAPACITY.max_waiting,
+    "QUEUE_TIMEOUT": _CAPACITY.queue_timeout,
     "DEFAULT_TTA": "dihedral",
     "RATELIMIT_PER_MINUTE": 0,
     # Reverse proxies (nginx, a load balancer) whose X-Forwarded-For names the client.
