@@ -109,7 +109,8 @@ class LiveServer:
         started = time.perf_counter()
         connection = self.connection(timeout, direct, source)
         try:
-            connection.putrequest(method, path, skip_accept_encoding=True)
+            own_host = any(name.lower() == "host" for name in (headers or {}))
+            connection.putrequest(method, path, skip_host=own_host, skip_accept_encoding=True)
             for name, value in (headers or {}).items():
                 connection.putheader(name, value)
             if body or method == "POST":

@@ -1,4 +1,5 @@
-"""Real-browser end to end: Debian's chromium, driven by Playwright, against real gunicorn.
+"""Real-browser end to end: Debian's chromium, driven by Playwright, over HTTPS through the
+production-shaped stack (TLS load balancer, rendered nginx site, shipped gunicorn).
 
 Open the page, upload through the form with the keyboard, see the result and its heatmap,
 with no console error or CSP violation, at desktop and phone sizes; screenshots are kept
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 from tests import images
-from devtools.server import REPO, LiveServer, serve
+from devtools.server import REPO, LiveServer
+from devtools.stack import serve_stack
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +39,7 @@ document.addEventListener('securitypolicyviolation',
 @pytest.fixture(scope="module")
 def server(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[LiveServer]:
-    yield from serve(tiny_onnx_model, tmp_path_factory.mktemp("browser-server"))
+    yield from serve_stack(tiny_onnx_model, tmp_path_factory.mktemp("browser-stack"), tls=True)
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +76,15 @@ class PageProblems:
 
 
 def _open(browser: Any, server: LiveServer, viewport: str) -> tuple[Any, Any, PageProblems]:
-    context = browser.new_context(base_url=server.url, **VIEWPORTS[viewport])
+    # The stack's certificate is self-signed, made for this run.
+    context = browser.new_context(base_url=server.url, ignore_https_errors=True,
+                                  **VIEWPORTS[viewport])
     context.add_init_script(CSP_LISTENER)
     page = context.new_page()
     problems = PageProblems(page)
     response = page.goto("/")
     assert response is not None and response.status == 200
+    assert page.url.startswith("https://")
     return context, page, problems
 
 

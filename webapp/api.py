@@ -12,6 +12,12 @@ from webapp.views import classifier
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
+# What an anonymous client needs to read a prediction. File names, paths, tool versions
+# and provenance stay in the export's CLI output and provenance file.
+PUBLIC_SPEC_FIELDS = ("name", "version", "architecture", "input_size", "output_kind",
+                      "melanoma_index", "labels", "threshold", "demo", "trained", "resize",
+                      "interpolation", "color_order", "mean", "std", "schema_version")
+
 DISCLAIMER = ("Research demo, not a medical device and not a diagnosis. Any concerning skin "
               "lesion must be examined by a dermatologist.")
 
@@ -29,7 +35,8 @@ def predict() -> Response:
 
 @bp.get("/model")
 def model() -> Response:
-    return jsonify(classifier().spec.as_dict())
+    spec = classifier().spec.as_dict()
+    return jsonify({name: spec[name] for name in PUBLIC_SPEC_FIELDS})
 
 
 def serialise(prediction: Prediction) -> dict[str, Any]:

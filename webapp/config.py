@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_TIMEOUT": _CAPACITY.queue_timeout,
     "DEFAULT_TTA": "dihedral",
     "RATELIMIT_PER_MINUTE": 0,
+    # The form's cookie is never sent on another site's cross-site POST; `Secure` is added
+    # per request over HTTPS (webapp/security.py).
+    "SESSION_COOKIE_SAMESITE": "Lax",
     # Reverse proxies (nginx, a load balancer) whose X-Forwarded-For names the client.
     "TRUSTED_PROXIES": 0,
 }
