@@ -199,10 +199,11 @@ class FormSession:
             timeout=timeout)
 
 
-def gunicorn_env(model: Path, port: int, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment the shipped unit gives gunicorn, for `model` on 127.0.0.1:`port`."""
+def gunicorn_env(model: Path, port: int, env: Mapping[str, str] | None = None,
+                 unset: Sequence[str] = ()) -> dict[str, str]:
+    """The environment for gunicorn serving `model` on 127.0.0.1:`port`, less `unset`."""
     settings = {key: value for key, value in os.environ.items()
-                if not key.startswith(("MELANOMA_", "PROMETHEUS_"))}
+                if not key.startswith(("MELANOMA_", "PROMETHEUS_")) and key not in unset}
     settings.update({"MELANOMA_MODEL_PATH": str(model),
                      "MELANOMA_SECRET_KEY": secrets.token_hex(32),
                      "MELANOMA_BIND": f"{HOST}:{port}", "PYTHONUNBUFFERED": "1"})
@@ -212,13 +213,13 @@ def gunicorn_env(model: Path, port: int, env: Mapping[str, str] | None = None) -
 
 def start_server(model: Path, directory: Path, env: Mapping[str, str] | None = None,
                  timeout: float = 90.0, prefix: Sequence[str] = (),
-                 port: int | None = None) -> LiveServer:
+                 port: int | None = None, unset: Sequence[str] = ()) -> LiveServer:
     """gunicorn with the repo's gunicorn.conf.py, serving `model`; returns once it is ready.
 
     `prefix` runs gunicorn under another command (devtools/stack.py: a cgroup and taskset).
     """
     port = port or free_port()
-    settings = gunicorn_env(model, port, env)
+    settings = gunicorn_env(model, port, env, unset)
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / f"gunicorn-{port}.log"
     with log_path.open("wb") as log:

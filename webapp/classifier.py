@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import onnxruntime as ort
+from webapp.runtime import ort
 
 from webapp import heatmap, preprocess, tta
 from webapp.admission import InferenceGate
