@@ -8,6 +8,7 @@ Traffic only ever goes to 127.0.0.1 (or another loopback address standing for a 
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import re
@@ -81,6 +82,12 @@ class LiveServer:
     # Set by devtools/stack.py: the memory group gunicorn runs in, nginx's working folder.
     cgroup: MemoryCgroup | None = None
     nginx_prefix: Path | None = None
+    nginx_pid: int | None = None
+    # Behind nginx every request without a `source` comes from a loopback address of its
+    # own, as from many people: nginx's per-address limits (tested in test_nginx_site.py)
+    # would otherwise refuse a suite's hundreds of uploads from 127.0.0.1.
+    rotate_sources: bool = False
+    _sources: Iterator[int] = field(default_factory=itertools.count)
 
     @property
     def client_port(self) -> int:
@@ -93,6 +100,9 @@ class LiveServer:
     def connection(self, timeout: float = 60.0, direct: bool = False,
                    source: str | None = None) -> http.client.HTTPConnection:
         """A connection to the front (or to gunicorn itself when `direct`), from `source`."""
+        if source is None and self.rotate_sources and not direct:
+            number = next(self._sources)
+            source = f"127.{100 + number // 62500 % 100}.{number // 250 % 250}.{number % 250 + 1}"
         address = (source, 0) if source else None
         if self.tls and not direct:
             context = ssl.create_default_context()

@@ -182,6 +182,8 @@ def _start_nginx(server: LiveServer, site: Path, prefix: Path, site_port: int,
     server.front_port = front_port
     server.tls = tls
     server.nginx_prefix = prefix
+    server.nginx_pid = process.pid  # taskset execs nginx: this is its master
+    server.rotate_sources = True
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:

@@ -16,7 +16,8 @@ import pytest
 
 from tests import images
 from devtools.procs import rss_mib
-from devtools.server import LiveServer, Upload, serve
+from devtools.server import LiveServer, Upload
+from devtools.stack import serve_stack
 from devtools.load import Outcome, hammer, save_report, summary
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ RSS_GROWTH_LIMIT_MIB = 40.0
 @pytest.fixture(scope="module")
 def server(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[LiveServer]:
-    yield from serve(tiny_onnx_model, tmp_path_factory.mktemp("soak-server"))
+    yield from serve_stack(tiny_onnx_model, tmp_path_factory.mktemp("soak-stack"))
 
 
 def test_soak_at_saturation_survives_a_killed_worker(server: LiveServer) -> None:
