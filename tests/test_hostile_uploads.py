@@ -260,11 +260,11 @@ def test_form_refuses_urlencoded_post(server: LiveServer, worker: int) -> None:
     assert reply.status == 415 and "multipart/form-data" in reply.text
 
 
-@pytest.mark.parametrize("via", ["api", "form"])
 # nginx refuses it (the rendered site), naming the limit it shares with the app.
 LIMIT_TEXT = f"{16 * 1024 * 1024} bytes"
 
 
+@pytest.mark.parametrize("via", ["api", "form"])
 def test_oversized_body_is_refused_with_413(server: LiveServer, worker: int, via: str) -> None:
     junk = Upload("big.jpg", b"\xff\xd8" + bytes(17 * 1024 * 1024))
     if via == "api":
