@@ -1,5 +1,6 @@
-"""A bounded soak at saturation with a worker SIGKILLed halfway: throughput, errors and RSS
-growth are reported, the worker is replaced, and /readyz reflects the gap.
+"""A bounded soak at saturation through the production-shaped stack with a worker SIGKILLed
+halfway: throughput, errors and RSS growth are reported, the worker is replaced, and /readyz
+reflects the gap.
 
 MELANOMA_SOAK_SECONDS sets the length (default 24, at most 120 so CI stays bounded).
 """
@@ -107,7 +108,10 @@ def test_soak_at_saturation_survives_a_killed_worker(server: LiveServer) -> None
                if status == 200 and sent > killed_at)
     # Only requests the dead worker held may fail, and only around the kill.
     assert len(errors) <= CLIENTS + 2, report
-    assert all(killed_at - 1.0 <= o.started <= ready_again + 1.0 for o in errors), report
+    # In flight at the kill (queued ones included, which on a loaded machine can be seconds
+    # old), or sent before the replacement was ready.
+    assert all(o.started + o.seconds >= killed_at and o.started <= ready_again + 1.0
+               for o in errors), report
     assert len(served_after) > 0, "the replacement must serve predictions"
     assert sum(o.status == 200 for o in outcomes) / SECONDS > 2.0
     for samples in (before, after):

@@ -12,6 +12,7 @@ from webapp.capacity import Capacity
 from webapp.errors import Overloaded
 
 _DEFAULT = Capacity()
+_DRAIN_CHUNK = 256 * 1024
 
 
 class InferenceGate:
@@ -65,12 +66,16 @@ class InferenceGate:
 
 
 def init_app(app: Flask, gate: InferenceGate, endpoints: frozenset[str]) -> None:
-    """Refuse predictions while the gate is full before their body is read or parsed.
+    """Refuse predictions while the gate is full before their body is parsed.
 
     On one CPU, parsing dozens of uploads only to refuse them would slow the prediction
-    running and the refusals themselves; gunicorn discards the unread body.
+    running and the refusals themselves. The body is still read (and dropped): a server
+    that answers and closes with unread bytes in the socket sends a reset, which can
+    destroy its own answer in flight (nginx then reports 502).
     """
     @app.before_request
     def _refuse_when_full() -> None:
         if request.endpoint in endpoints and gate.full:
+            while request.stream.read(_DRAIN_CHUNK):
+                pass
             raise Overloaded(gate.retry_after())
