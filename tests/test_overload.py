@@ -33,8 +33,11 @@ def stack(full_demo_model: Path, tmp_path_factory: pytest.TempPathFactory
     yield from serve_stack(full_demo_model, tmp_path_factory.mktemp("overload-stack"))
 
 
-def _burst(stack: LiveServer) -> list[tuple[Outcome, str]]:
-    """CLIENTS uploads released together, each from its own loopback address (a person)."""
+def _burst(stack: LiveServer, path: str = "/api/v1/predict") -> list[tuple[Outcome, str]]:
+    """CLIENTS uploads released together, each from its own loopback address (a person).
+
+    With `path` another route: the same clients asking something cheap (the baseline).
+    """
     barrier = threading.Barrier(CLIENTS)
     outcomes: list[tuple[Outcome, str]] = []
     lock = threading.Lock()
@@ -44,8 +47,10 @@ def _burst(stack: LiveServer) -> list[tuple[Outcome, str]]:
         barrier.wait()
         started = time.perf_counter()
         try:
-            reply = stack.post_api([Upload("x.jpg", PHOTO)], timeout=CLIENT_TIMEOUT_S,
-                                   source=f"127.0.1.{index + 1}")
+            source = f"127.0.1.{index + 1}"
+            reply = (stack.post_api([Upload("x.jpg", PHOTO)], timeout=CLIENT_TIMEOUT_S,
+                                    source=source) if path == "/api/v1/predict"
+                     else stack.get(path, timeout=CLIENT_TIMEOUT_S, source=source))
             outcome = Outcome(started - begin, reply.seconds, reply.status,
                               reply.headers.get("retry-after"))
             text = reply.text
@@ -69,6 +74,9 @@ def test_48_concurrent_uploads_get_quick_503s_and_the_server_survives(
     (worker,) = stack.worker_pids()
     assert stack.cgroup is not None
     assert stack.post_api([Upload("warm.jpg", PHOTO)]).status == 200
+    # The same 48 clients asking for the model description: what this machine, shared with
+    # whatever else runs on it, needs for a request that does no work at all.
+    baseline = statistics.median(o.seconds for o, _ in _burst(stack, "/api/v1/model"))
     health_seconds: list[float] = []
     stop = threading.Event()
 
@@ -87,7 +95,8 @@ def test_48_concurrent_uploads_get_quick_503s_and_the_server_survives(
     busy = [o for o in outcomes if o.status == 503]
 
     report = summary(outcomes, max(o.started + o.seconds for o in outcomes))
-    report.update(clients=CLIENTS, capacity=str(Capacity.from_environ(stack.env)),
+    report.update(clients=CLIENTS, baseline_median_s=round(baseline, 4),
+                  capacity=str(Capacity.from_environ(stack.env)),
                   cgroup_peak_mib=round(stack.cgroup.peak_mib(), 1),
                   oom_kills=stack.cgroup.oom_kills(),
                   healthz_max_s=max(health_seconds), healthz_p95_s=percentile(
@@ -100,12 +109,11 @@ def test_48_concurrent_uploads_get_quick_503s_and_the_server_survives(
     # Served: those admitted at once, plus a few admitted as earlier ones finished.
     assert len(busy) >= CLIENTS - 3 * (capacity.max_running + capacity.max_waiting), report
     assert all(o.retry_after and int(o.retry_after) >= 1 for o in busy)
-    # Refusals come at once: the typical one within a second, and none after waiting in the
-    # queue (which would take the queue timeout). The pinned CPU is shared with whatever
-    # else runs on the test machine, so the slowest refusal gets some headroom.
+    # Refusals come at once: the typical one within a second of what a request doing no
+    # work takes here, and none after waiting in the queue.
     refusal_seconds = [o.seconds for o in busy]
-    assert statistics.median(refusal_seconds) < 1.0, report
-    assert max(refusal_seconds) < min(3.0, capacity.queue_timeout), report
+    assert statistics.median(refusal_seconds) < baseline + 1.0, report
+    assert max(refusal_seconds) < min(baseline + 3.0, capacity.queue_timeout), report
     assert max(o.seconds for o in outcomes) < capacity.queue_timeout + 5
     assert max(health_seconds) < 2.0, "health checks must get through during overload"
     assert stack.cgroup.oom_kills() == 0
