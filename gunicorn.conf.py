@@ -1,17 +1,24 @@
 """gunicorn settings for the t2.micro shape: 1 vCPU, 1 GiB RAM.
 
 One worker holds one ONNX Runtime session (~115 MB of weights for resnest50 at fp32);
-a second worker would double memory and buy nothing on one core. Its threads answer
-health checks and queue a few uploads while one prediction runs; the app's own
-InferenceGate refuses the rest with 503 rather than letting them pile up.
+a second worker would double memory and buy nothing on one core. Its threads are derived
+from the app's admission numbers (webapp/capacity.py): every upload the InferenceGate may
+admit has a thread, the rest are refused with 503 at once, and spare threads keep health
+checks answered.
 """
 import os
+import sys
+
+# The unit starts the gunicorn script, whose sys.path does not hold the app's folder.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from webapp.capacity import Capacity  # noqa: E402
 
 wsgi_app = "webapp.wsgi:app"
 bind = os.environ.get("MELANOMA_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("MELANOMA_WORKERS", "1"))
 worker_class = "gthread"
-threads = int(os.environ.get("MELANOMA_THREADS", "4"))
+threads = Capacity.from_environ(os.environ).threads
 # The model loads in each worker after the fork (no preload): ONNX Runtime sessions and
 # their thread pools must not be shared across fork.
 preload_app = False
@@ -45,3 +52,16 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# Health checks and scrapes must not count toward max_requests: a flood of them would
+# otherwise recycle the worker (and reload the model) every few seconds. gunicorn counts
+# a request right after this hook, so taking one off here leaves the count unchanged.
+_UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def pre_request(worker, req):
+    if req.path in _UNCOUNTED_PATHS:
+        worker.nr -= 1
+    else:
+        worker.log.debug("%s %s", req.method, req.path)

@@ -12,19 +12,13 @@ import argparse
 import csv
 import io
 import json
-import os
-import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,101 +26,32 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.inference import write_lesion_jpeg  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from devtools.procs import memory_status, percentile  # noqa: E402
+from devtools.server import LiveServer, Upload, multipart, start_server  # noqa: E402
+from webapp.capacity import Capacity  # noqa: E402
 
 
 class LoadTestError(RuntimeError):
     """The server did not start, or the load generator could not run."""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def multipart_body(image: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
     """A multipart/form-data body with the image in the `image` field, and its content type."""
-    boundary = f"bench{secrets.token_hex(12)}"
-    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
-             f"{value}\r\n".encode() for name, value in fields.items()]
-    parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
-                 f"filename=\"lesion.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".encode()
-                 + image + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), \
-        f"multipart/form-data; boundary={boundary}"
+    return multipart(fields, [Upload("lesion.jpg", image)])
 
 
-def _status_mib(pid: int) -> dict[str, float]:
-    values = {}
+def start(model: Path, directory: Path, max_waiting: int | None,
+          timeout: float) -> tuple[LiveServer, float]:
+    """gunicorn as production starts it (devtools/server.py); seconds until /readyz."""
+    env = {"MELANOMA_WORKERS": "1", "OMP_NUM_THREADS": "1"}
+    if max_waiting is not None:
+        env["MELANOMA_MAX_WAITING"] = str(max_waiting)
+    started = time.perf_counter()
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    values[key] = int(rest.split()[0]) / 1024.0
-    except OSError:
-        return {}
-    return values
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-class Server:
-    """gunicorn started the way production starts it: `gunicorn -c gunicorn.conf.py`."""
-
-    def __init__(self, model: Path, port: int, threads: int) -> None:
-        env = os.environ | {
-            "MELANOMA_MODEL_PATH": str(model.resolve()),
-            "MELANOMA_SECRET_KEY": secrets.token_hex(32),
-            "MELANOMA_BIND": f"127.0.0.1:{port}", "MELANOMA_WORKERS": "1",
-            "MELANOMA_THREADS": str(threads), "OMP_NUM_THREADS": "1"}
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT, env=env,
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float) -> float:
-        started = time.perf_counter()
-        while time.perf_counter() - started < timeout:
-            if self.process.poll() is not None:
-                raise LoadTestError(f"gunicorn exited with {self.process.returncode}:\n"
-                                    + self.log_tail())
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        return time.perf_counter() - started
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.05)
-        raise LoadTestError(f"gunicorn not ready after {timeout:.0f} s:\n" + self.log_tail())
-
-    def worker_pid(self) -> int:
-        workers = _children(self.process.pid)
-        if len(workers) != 1:
-            raise LoadTestError(f"expected one gunicorn worker, found {workers}")
-        return workers[0]
-
-    def log_tail(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        server = start_server(model.resolve(), directory, env, timeout)
+    except AssertionError as error:
+        raise LoadTestError(str(error)[-3000:]) from None
+    return server, time.perf_counter() - started
 
 
 def run_hey(hey: str, url: str, body: Path, content_type: str, requests: int,
@@ -144,11 +69,6 @@ def run_hey(hey: str, url: str, body: Path, content_type: str, requests: int,
              "offset_s": float(r["offset"])} for r in rows]
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 def summarise(results: list[dict[str, float]], requests: int) -> dict[str, Any]:
     ok = [r for r in results if r["status"] == 200]
     if not ok:
@@ -161,8 +81,8 @@ def summarise(results: list[dict[str, float]], requests: int) -> dict[str, Any]:
             "statuses": {str(s): sum(r["status"] == s for r in results)
                          for s in sorted({r["status"] for r in results})},
             "throughput_rps": len(ok) / span, "latency_p50_s": statistics.median(latencies),
-            "latency_p95_s": _percentile(latencies, 95),
-            "latency_p99_s": _percentile(latencies, 99), "latency_max_s": max(latencies)}
+            "latency_p95_s": percentile(latencies, 0.95),
+            "latency_p99_s": percentile(latencies, 0.99), "latency_max_s": max(latencies)}
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -185,11 +105,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the .onnx model the server loads")
     parser.add_argument("--requests", type=int, default=200, help="requests to send in all")
     parser.add_argument("--concurrency", type=int, default=2,
-                        help="connections sending at once (keep <= threads + queue)")
+                        help="connections sending at once (above running + queue: 503s)")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="requests/s per connection (0: as fast as answered)")
     parser.add_argument("--tta", default="dihedral", help="TTA policy sent with each request")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn worker threads")
+    parser.add_argument("--max-waiting", type=int, default=None,
+                        help="predictions queued per worker (default: the shipped value; "
+                             "gunicorn's threads follow from it, webapp/capacity.py)")
     parser.add_argument("--image", type=Path, help="JPEG to upload (default: synthetic 1024x768)")
     parser.add_argument("--hey", default="hey", help="the hey executable")
     parser.add_argument("--startup-timeout", type=float, default=120.0,
@@ -219,35 +141,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace, hey: str, body: Path, content_type: str) -> dict[str, Any]:
-    server = Server(args.model, free_port(), args.threads)
-    try:
-        ready_after = server.wait_ready(args.startup_timeout)
-        worker = server.worker_pid()
-        samples: list[float] = []
-        stop = threading.Event()
+    with tempfile.TemporaryDirectory() as logs:
+        server, ready_after = start(args.model, Path(logs), args.max_waiting,
+                                    args.startup_timeout)
+        try:
+            workers = server.worker_pids()
+            if len(workers) != 1:
+                raise LoadTestError(f"expected one gunicorn worker, found {workers}")
+            worker = workers[0]
+            samples: list[float] = []
+            stop = threading.Event()
 
-        def sample() -> None:
-            while not stop.wait(0.05):
-                samples.append(_status_mib(worker).get("VmRSS", 0.0))
+            def sample() -> None:
+                while not stop.wait(0.05):
+                    samples.append(_memory(worker).get("VmRSS", 0.0))
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        results = run_hey(hey, f"{server.url}/api/v1/predict", body, content_type,
-                          args.requests, args.concurrency, args.rate)
-        stop.set()
-        sampler.join()
-        memory = _status_mib(worker)
-        master = _status_mib(server.process.pid)
-    finally:
-        server.stop()
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            results = run_hey(hey, f"{server.url}/api/v1/predict", body, content_type,
+                              args.requests, args.concurrency, args.rate)
+            stop.set()
+            sampler.join()
+            memory = _memory(worker)
+            master = _memory(server.master_pid)
+        finally:
+            server.stop()
+    capacity = Capacity.from_environ(server.env)
     return {**summarise(results, args.requests), "model": str(args.model),
             "concurrency": args.concurrency, "rate_per_connection": args.rate,
-            "threads": args.threads, "tta": args.tta, "ready_after_s": ready_after,
+            "threads": capacity.threads, "max_waiting": capacity.max_waiting,
+            "tta": args.tta, "ready_after_s": ready_after,
             "worker_rss_mib": memory.get("VmRSS", 0.0),
             "worker_peak_rss_mib": memory.get("VmHWM", 0.0),
             "worker_rss_max_sampled_mib": max(samples, default=0.0),
             "master_rss_mib": master.get("VmRSS", 0.0),
             "upload_bytes": body.stat().st_size}
+
+
+def _memory(pid: int) -> dict[str, float]:
+    try:
+        return memory_status(pid)
+    except OSError:
+        return {}
 
 
 if __name__ == "__main__":

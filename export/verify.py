@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+from webapp.runtime import ort
 import torch
 
 from export.errors import ExportError

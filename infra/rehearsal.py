@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# Ports and readiness are shared with the tests and bench (devtools/procs.py).
+from devtools.procs import free_port, wait_for_port
+
+__all__ = ["check_nginx", "free_port", "nginx_binary", "running", "running_nginx",
+           "wait_for_port", "write_nginx_conf"]
 
 _CONF = """\
 {user}pid {prefix}/nginx.pid;
@@ -66,24 +70,6 @@ def check_nginx(conf: Path) -> tuple[int, str]:
     """`nginx -t`: exit status and everything it printed."""
     proc = subprocess.run([*_nginx_args(conf), "-t"], capture_output=True, text=True, timeout=30)
     return proc.returncode, proc.stdout + proc.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
 @contextmanager

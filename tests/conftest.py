@@ -1,14 +1,19 @@
 """Shared fixtures: tiny checkpoints and models built through the real export path, once."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
+import os
 
-import pytest
-from flask import Flask
-from flask.testing import FlaskClient
+# Before anything imports onnxruntime, in this process and every child it starts.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
-from tests import images
+from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+from flask import Flask  # noqa: E402
+from flask.testing import FlaskClient  # noqa: E402
+
+from tests import images  # noqa: E402
 
 TINY_ARCH = "resnest14_fast_4s1x64d"
 TINY_SIZE = 64

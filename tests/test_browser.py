@@ -1,4 +1,5 @@
-"""Real-browser end to end: Debian's chromium, driven by Playwright, against real gunicorn.
+"""Real-browser end to end: Debian's chromium, driven by Playwright, over HTTPS through the
+production-shaped stack (TLS load balancer, rendered nginx site, shipped gunicorn).
 
 Every page and state is opened at desktop (1280x800), phone (390x844) and narrow (320 px)
 sizes, checked for sideways scrolling, console errors and CSP violations, and audited with
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests import images, nonlesion
-from tests.live_server import REPO, LiveServer, serve
+from devtools.server import REPO, LiveServer
+from devtools.stack import serve_stack
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +51,7 @@ AXE_RUN = """async () => {
 @pytest.fixture(scope="module")
 def server(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[LiveServer]:
-    yield from serve(tiny_onnx_model, tmp_path_factory.mktemp("browser-server"))
+    yield from serve_stack(tiny_onnx_model, tmp_path_factory.mktemp("browser-stack"), tls=True)
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +119,10 @@ class Visit:
                  **options: Any) -> None:
         self.viewport, self.axe = viewport, axe
         self.scripts = options.get("java_script_enabled", True)
+        # The stack's certificate is self-signed, made for this run.
         self.context = browser.new_context(base_url=server.url, **VIEWPORTS[viewport],
-                                           accept_downloads=True, **options)
+                                           accept_downloads=True, ignore_https_errors=True,
+                                           **options)
         self.context.add_init_script(CSP_LISTENER)
         self.page = self.context.new_page()
         self.problems = PageProblems(self.page)
@@ -126,6 +130,7 @@ class Visit:
     def open(self, path: str) -> Any:
         response = self.page.goto(path)
         assert response is not None and response.status == 200
+        assert self.page.url.startswith("https://")
         return self.page
 
     def check(self, state: str, allowed: tuple[str, ...] = ()) -> None:

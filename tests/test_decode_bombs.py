@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests import bombs, images
-from tests.live_server import LiveServer, Reply, Upload, rss_mib, serve
+from devtools.procs import rss_mib
+from devtools.server import LiveServer, Reply, Upload
+from devtools.stack import serve_stack
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +87,7 @@ def bomb_files() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def server(full_demo_model: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[LiveServer]:
-    yield from serve(full_demo_model, tmp_path_factory.mktemp("bomb-server"))
+    yield from serve_stack(full_demo_model, tmp_path_factory.mktemp("bomb-server"))
 
 
 def _post(server: LiveServer, data: bytes, name: str = "upload.bin") -> Reply:
@@ -139,7 +141,7 @@ def test_phone_photo_is_predicted_within_memory(server: LiveServer) -> None:
 @pytest.fixture(scope="module")
 def large_limit_server(full_demo_model: Path, tmp_path_factory: pytest.TempPathFactory
                        ) -> Iterator[LiveServer]:
-    yield from serve(full_demo_model, tmp_path_factory.mktemp("large-limit-server"),
+    yield from serve_stack(full_demo_model, tmp_path_factory.mktemp("large-limit-server"),
                      {"MELANOMA_MAX_IMAGE_PIXELS": "80000000"})
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+from webapp.runtime import ort
 import pytest
 import torch
 

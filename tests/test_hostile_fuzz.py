@@ -1,8 +1,12 @@
 """Bounded fuzzing of the decode path: any bytes give an RGB image or InvalidImage, never
-a crash, another exception, or an image larger than the pixel limit."""
+a crash, another exception, or an image larger than the pixel limit; and a sample of the
+same mutations sent through the production-shaped stack gets 2xx or 4xx, never a 5xx."""
 from __future__ import annotations
 
 import io
+import random
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from devtools.server import LiveServer, Upload
+from devtools.stack import serve_stack
 from tests import images
 from webapp.errors import InvalidImage
 from webapp.image_header import read_header
@@ -101,3 +107,40 @@ def test_every_fuzz_seed_decodes(seed: int) -> None:
     image = decode_image(SEEDS[seed], max_pixels=MAX_PIXELS)
     # The EXIF seed is stored turned, so it decodes upright as 48 wide.
     assert image.shape in ((48, 64, 3), (64, 48, 3))
+
+
+LIVE_SAMPLES = 60
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    mutated = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        position = rng.randrange(min(rng.choice([64, 512, len(mutated)]), len(mutated)))
+        if rng.random() < 0.5:
+            mutated[position] = rng.randrange(256)
+        else:
+            del mutated[position:position + rng.randint(1, 16)]
+        if len(mutated) < 2:
+            break
+    return bytes(mutated) or b"\0"
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[LiveServer]:
+    yield from serve_stack(tiny_onnx_model, tmp_path_factory.mktemp("fuzz-stack"))
+
+
+@pytest.mark.slow
+def test_mutated_uploads_through_the_stack_never_get_a_5xx(stack: LiveServer) -> None:
+    rng = random.Random(20261122)
+    (worker,) = stack.worker_pids()
+    statuses: dict[int, int] = {}
+    for index in range(LIVE_SAMPLES):
+        data = _mutate(SEEDS[index % len(SEEDS)], rng)
+        reply = stack.post_api([Upload(f"fuzz{index}.bin", data)], timeout=30)
+        assert reply.status < 500, (index, reply.status, reply.text[:300])
+        statuses[reply.status] = statuses.get(reply.status, 0) + 1
+    assert stack.worker_pids() == [worker] and stack.alive()
+    assert stack.cgroup is not None and stack.cgroup.oom_kills() == 0
+    assert len(statuses) > 1, f"the sample should hold both images and refusals: {statuses}"

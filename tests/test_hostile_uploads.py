@@ -1,4 +1,5 @@
-"""Hostile and odd uploads against a real gunicorn server, through the form and the API.
+"""Hostile and odd uploads through the production-shaped stack (nginx site, shipped gunicorn),
+through the form and the API.
 
 Every case gets the right status and a message a person can act on, valid images get the
 same prediction the classifier gives in-process, the worker never restarts, and its memory
@@ -21,7 +22,9 @@ import pytest
 from PIL import Image
 
 from tests import images
-from tests.live_server import LiveServer, Reply, Upload, multipart, rss_mib, serve
+from devtools.procs import rss_mib
+from devtools.server import LiveServer, Reply, Upload, multipart
+from devtools.stack import serve_stack
 from webapp import preprocess
 from webapp.classifier import Classifier
 from webapp.wording import display_name
@@ -152,7 +155,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def server(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[LiveServer]:
-    yield from serve(tiny_onnx_model, tmp_path_factory.mktemp("hostile-server"))
+    yield from serve_stack(tiny_onnx_model, tmp_path_factory.mktemp("hostile-stack"))
 
 
 @pytest.fixture(scope="module")
@@ -263,16 +266,21 @@ def test_form_refuses_urlencoded_post(server: LiveServer, worker: int) -> None:
     assert reply.status == 415 and "multipart/form-data" in reply.text
 
 
+# nginx refuses it (the rendered site), naming the limit it shares with the app.
+LIMIT_TEXT = f"{16 * 1024 * 1024} bytes"
+
+
 @pytest.mark.parametrize("via", ["api", "form"])
 def test_oversized_body_is_refused_with_413(server: LiveServer, worker: int, via: str) -> None:
     junk = Upload("big.jpg", b"\xff\xd8" + bytes(17 * 1024 * 1024))
     if via == "api":
         reply = server.post_api([junk])
         assert reply.status == 413 and reply.json()["error"] == "request_entity_too_large"
-        assert "16 MB" in reply.json()["message"]
+        assert LIMIT_TEXT in reply.json()["message"]
     else:
         reply = server.form_session().post([junk])
-        assert reply.status == 413 and "16 MB" in reply.text
+        assert reply.status == 413 and LIMIT_TEXT in reply.text
+        assert 'role="alert"' in reply.text and 'href="/"' in reply.text
     assert reply.seconds < 10
     assert server.get("/healthz").status == 200
 

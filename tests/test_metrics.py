@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.live_server import LiveServer, Upload, start_server
+from devtools.server import LiveServer, Upload, start_server
 from webapp.service import service_of
 
 

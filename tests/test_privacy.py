@@ -1,7 +1,8 @@
 """No upload touches the disk, no log line holds image bytes or names, nothing is kept.
 
 In-process, every way Python makes a file fails while a request is handled; against the
-real server, strace watches every file-opening syscall of the worker during uploads.
+production-shaped stack, strace watches every file-opening syscall of the gunicorn worker
+and the nginx worker during uploads.
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.test import create_environ
 
 from tests import images
-from tests.live_server import LiveServer, Upload, multipart, serve
+from devtools.procs import children
+from devtools.server import LiveServer, Upload, multipart
+from devtools.stack import serve_stack
 from webapp.service import service_of
 
 BIG_UPLOAD_BYTES = 500 * 1024  # Werkzeug's own threshold for spooling a part to disk
@@ -213,8 +216,8 @@ def private_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def server(tiny_onnx_model: Path, private_dirs: tuple[Path, Path]) -> Iterator[LiveServer]:
     directory, tmp = private_dirs
-    yield from serve(tiny_onnx_model, directory,
-                     {"TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"})
+    yield from serve_stack(tiny_onnx_model, directory,
+                           {"TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"})
 
 
 @pytest.mark.slow
@@ -234,6 +237,8 @@ def test_real_server_writes_no_file_while_handling_uploads(server: LiveServer,
     assert server.post_api([Upload("warm.jpg", uploads[0])]).status == 200
     assert session.post([Upload("warm.jpg", uploads[0])]).status == 200
     (worker,) = server.worker_pids()
+    assert server.nginx_pid is not None and server.nginx_prefix is not None
+    (nginx_worker,) = children(server.nginx_pid)
     # ONNX Runtime leaves a small session-id file there when the model loads; that is
     # start-up, not a request, and holds no user data.
     tmp_before = sorted(private_dirs[1].iterdir())
@@ -241,11 +246,12 @@ def test_real_server_writes_no_file_while_handling_uploads(server: LiveServer,
     trace = tmp_path / "worker.strace"
     # The worker's children too: images are decoded in processes forked by its decoder
     # fork server (webapp/decode_sandbox.py), which -f then follows.
-    children = Path(f"/proc/{worker}/task/{worker}/children").read_text().split()
-    assert children, "the worker has no decoder fork server"
-    targets = [argument for pid in [str(worker), *children] for argument in ("-p", pid)]
+    decoders = children(worker)
+    assert decoders, "the worker has no decoder fork server"
+    targets = [argument for pid in [worker, *decoders] for argument in ("-p", str(pid))]
     tracer = subprocess.Popen([strace, "-f", "-qq", "-e", "trace=%file,recvfrom",
-                               "-o", str(trace), *targets], stderr=subprocess.PIPE)
+                               "-o", str(trace), "-p", str(nginx_worker), *targets],
+                              stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
         while not (trace.exists() and trace.stat().st_size) and time.monotonic() < deadline:
@@ -271,3 +277,7 @@ def test_real_server_writes_no_file_while_handling_uploads(server: LiveServer,
     assert sorted(private_dirs[1].iterdir()) == tmp_before, "nothing new may appear in TMPDIR"
     assert sorted(Path("/tmp").glob("__opencv_temp*")) == opencv_before
     _assert_clean(server.log_path.read_bytes(), uploads)
+    assert list((server.nginx_prefix / "client_body").iterdir()) == []
+    for log in server.nginx_prefix.parent.glob("nginx*.log"):
+        _assert_clean(log.read_bytes(), uploads)
+    _assert_clean((server.nginx_prefix / "error.log").read_bytes(), uploads)

@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from werkzeug.test import TestResponse
 
-from tests.live_server import REPO
+from devtools.server import REPO
 from webapp.app import create_app
 from webapp.config import ConfigError
 

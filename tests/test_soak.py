@@ -1,5 +1,6 @@
-"""A bounded soak at saturation with a worker SIGKILLed halfway: throughput, errors and RSS
-growth are reported, the worker is replaced, and /readyz reflects the gap.
+"""A bounded soak at saturation through the production-shaped stack with a worker SIGKILLed
+halfway: throughput, errors and RSS growth are reported, the worker is replaced, and /readyz
+reflects the gap.
 
 MELANOMA_SOAK_SECONDS sets the length (default 24, at most 120 so CI stays bounded).
 """
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests import images
-from tests.live_server import LiveServer, Upload, rss_mib, serve
-from tests.load import Outcome, hammer, save_report, summary
+from devtools.procs import rss_mib
+from devtools.server import LiveServer, Upload
+from devtools.stack import serve_stack
+from devtools.load import Outcome, hammer, save_report, summary
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +32,7 @@ RSS_GROWTH_LIMIT_MIB = 40.0
 @pytest.fixture(scope="module")
 def server(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[LiveServer]:
-    yield from serve(tiny_onnx_model, tmp_path_factory.mktemp("soak-server"))
+    yield from serve_stack(tiny_onnx_model, tmp_path_factory.mktemp("soak-stack"))
 
 
 def test_soak_at_saturation_survives_a_killed_worker(server: LiveServer) -> None:
@@ -105,7 +108,10 @@ def test_soak_at_saturation_survives_a_killed_worker(server: LiveServer) -> None
                if status == 200 and sent > killed_at)
     # Only requests the dead worker held may fail, and only around the kill.
     assert len(errors) <= CLIENTS + 2, report
-    assert all(killed_at - 1.0 <= o.started <= ready_again + 1.0 for o in errors), report
+    # In flight at the kill (queued ones included, which on a loaded machine can be seconds
+    # old), or sent before the replacement was ready.
+    assert all(o.started + o.seconds >= killed_at and o.started <= ready_again + 1.0
+               for o in errors), report
     assert len(served_after) > 0, "the replacement must serve predictions"
     assert sum(o.status == 200 for o in outcomes) / SECONDS > 2.0
     for samples in (before, after):

@@ -7,7 +7,13 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from flask import Flask, request
+
+from webapp.capacity import Capacity
 from webapp.errors import Overloaded
+
+_DEFAULT = Capacity()
+_DRAIN_CHUNK = 256 * 1024
 
 
 class InferenceGate:
@@ -17,8 +23,9 @@ class InferenceGate:
     is refused at once with a Retry-After hint rather than piling up in memory.
     """
 
-    def __init__(self, max_running: int = 1, max_waiting: int = 4,
-                 wait_timeout: float = 10.0) -> None:
+    def __init__(self, max_running: int = _DEFAULT.max_running,
+                 max_waiting: int = _DEFAULT.max_waiting,
+                 wait_timeout: float = _DEFAULT.queue_timeout) -> None:
         self._slots = threading.BoundedSemaphore(max_running)
         self._lock = threading.Lock()
         self._waiting = 0
@@ -28,6 +35,11 @@ class InferenceGate:
         self._recent_seconds = 0.2  # refined by every prediction that runs
         self._running_since: dict[int, float] = {}
         self._next_ticket = 0
+
+    @property
+    def full(self) -> bool:
+        """No room in the queue: a new prediction would be refused."""
+        return self._waiting >= self._max_waiting
 
     def retry_after(self) -> int:
         backlog = (self._waiting + self._max_running) / self._max_running
@@ -66,3 +78,18 @@ class InferenceGate:
         with self._lock:
             oldest = min(self._running_since.values(), default=None)
         return 0.0 if oldest is None else time.monotonic() - oldest
+
+def init_app(app: Flask, gate: InferenceGate, endpoints: frozenset[str]) -> None:
+    """Refuse predictions while the gate is full before their body is parsed.
+
+    On one CPU, parsing dozens of uploads only to refuse them would slow the prediction
+    running and the refusals themselves. The body is still read (and dropped): a server
+    that answers and closes with unread bytes in the socket sends a reset, which can
+    destroy its own answer in flight (nginx then reports 502).
+    """
+    @app.before_request
+    def _refuse_when_full() -> None:
+        if request.endpoint in endpoints and gate.full:
+            while request.stream.read(_DRAIN_CHUNK):
+                pass
+            raise Overloaded(gate.retry_after())

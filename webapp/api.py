@@ -11,6 +11,12 @@ from webapp.uploads import read_flag, read_image
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 DISCLAIMER = results.DISCLAIMER
+# What an anonymous client needs to read a prediction. File names, paths, tool versions
+# and provenance stay in the export's CLI output and provenance file.
+PUBLIC_SPEC_FIELDS = ("name", "version", "architecture", "input_size", "output_kind",
+                      "melanoma_index", "labels", "threshold", "demo", "trained", "resize",
+                      "interpolation", "color_order", "mean", "std", "schema_version")
+
 
 
 @bp.post("/predict")
@@ -35,7 +41,8 @@ def patient() -> Response:
 
 @bp.get("/model")
 def model() -> Response:
-    return jsonify(current_service().spec.as_dict())
+    spec = current_service().spec.as_dict()
+    return jsonify({name: spec[name] for name in PUBLIC_SPEC_FIELDS if name in spec})
 
 
 @bp.get("/openapi.json")

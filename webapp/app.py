@@ -7,7 +7,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webapp import config, metrics, ratelimit, responses, security, service
+from webapp import admission, config, metrics, ratelimit, responses, security, service
 from webapp.uploads import InMemoryRequest
 
 csrf = CSRFProtect()
@@ -31,6 +31,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     # Before CSRF, so a client over its limit is refused without its upload being parsed.
     ratelimit.init_app(app)
+    admission.init_app(app, service.service_of(app).gate, ratelimit.LIMITED_ENDPOINTS)
     csrf.init_app(app)
     csrf.exempt(api.bp)
     app.register_blueprint(views.bp)

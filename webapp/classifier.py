@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+from webapp.runtime import ort
 
 from webapp import heatmap, insight, ood, preprocess, tta
 from webapp.errors import ModelLoadError

@@ -5,7 +5,10 @@ from typing import Any
 
 from flask import Flask
 
+from webapp.capacity import Capacity
 from webapp.model_spec import DEFAULT_MAX_IMAGE_PIXELS
+
+_CAPACITY = Capacity()
 
 DEFAULTS: dict[str, Any] = {
     "MODEL_PATH": "models/default.onnx",
@@ -15,13 +18,17 @@ DEFAULTS: dict[str, Any] = {
     "INTRA_OP_THREADS": 1,
     # Where optimised graphs are kept between starts (webapp/session.py); None: no cache.
     "MODEL_CACHE_DIR": None,
-    "MAX_RUNNING": 1,
-    "MAX_WAITING": 4,
-    "QUEUE_TIMEOUT": 10.0,
+    # gunicorn's threads follow from these (webapp/capacity.py); set them, not threads.
+    "MAX_RUNNING": _CAPACITY.max_running,
+    "MAX_WAITING": _CAPACITY.max_waiting,
+    "QUEUE_TIMEOUT": _CAPACITY.queue_timeout,
     # /readyz fails while a prediction has held its slot this long: the worker is stuck.
     "STUCK_AFTER_SECONDS": 60.0,
     "DEFAULT_TTA": "dihedral",
     "RATELIMIT_PER_MINUTE": 0,
+    # The form's cookie is never sent on another site's cross-site POST; `Secure` is added
+    # per request over HTTPS (webapp/security.py).
+    "SESSION_COOKIE_SAMESITE": "Lax",
     # Reverse proxies (nginx, a load balancer) whose X-Forwarded-For names the client.
     "TRUSTED_PROXIES": 0,
 }

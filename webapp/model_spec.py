@@ -222,7 +222,7 @@ def spec_from_metadata(metadata: Mapping[str, str]) -> ModelSpec:
 
 def read_spec_file(path: Path) -> ModelSpec:
     """Read the spec of an .onnx file with ONNX Runtime (no onnx package needed)."""
-    import onnxruntime as ort  # imported here so spec parsing stays light for everyone else
+    from webapp.runtime import ort  # here, so spec parsing stays light for everyone else
 
     try:
         options = ort.SessionOptions()

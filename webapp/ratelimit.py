@@ -17,7 +17,8 @@ from flask import Flask, Response, request
 
 from webapp.responses import error_response
 
-LIMITED_ENDPOINTS = frozenset({"views.predict", "api.predict"})
+LIMITED_ENDPOINTS = frozenset({"views.predict", "api.predict", "views.patient_predict",
+                               "api.patient"})
 # Enough for every client of a small site; the oldest are forgotten first past this.
 MAX_CLIENTS = 10_000
 

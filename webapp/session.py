@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-import onnxruntime as ort
+from webapp.runtime import ort
 
 from webapp.errors import ModelLoadError
 

@@ -5,6 +5,8 @@ import io
 from typing import IO
 
 from flask import Request
+from gunicorn.http.errors import NoMoreData, ParseException
+from werkzeug.exceptions import BadRequest
 
 from webapp.errors import BadOption, ClientError
 
@@ -21,6 +23,14 @@ class InMemoryRequest(Request):
                          filename: str | None = None,
                          content_length: int | None = None) -> IO[bytes]:
         return io.BytesIO()
+
+    def _load_form_data(self) -> None:
+        # gunicorn raises its own errors from the body stream (a malformed chunk size, a
+        # body that ends early); they are the client's fault, not a server error.
+        try:
+            super()._load_form_data()
+        except (ParseException, NoMoreData):
+            raise BadRequest("The request body is malformed.") from None
 
 
 def read_image(request: Request) -> bytes:

@@ -1,28 +1,31 @@
-"""A real gunicorn server on a free loopback port, and a plain HTTP client for it.
+"""A real gunicorn server on a free loopback port, and a plain HTTP(S) client for it.
 
 The hostile, overload, soak, privacy and browser tests talk to this, not to Flask's test
-client, so gunicorn's own parsing, threads, worker restarts and limits are part of the test.
-Traffic only ever goes to 127.0.0.1.
+client, so gunicorn's own parsing, threads, worker restarts and limits are part of the test;
+devtools/stack.py puts the shipped nginx site, a TLS front and the host's limits around it.
+Traffic only ever goes to 127.0.0.1 (or another loopback address standing for a client).
 """
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import re
 import secrets
 import signal
-import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.procs import HOST, MemoryCgroup, children, free_port
+
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -67,21 +70,57 @@ def multipart(fields: Mapping[str, str] = {}, files: Sequence[Upload] = ()) -> t
 
 @dataclass
 class LiveServer:
+    """gunicorn at `port`; clients reach it at `client_port` (nginx when a stack is in front)."""
+
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    front_port: int | None = None
+    tls: bool = False
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    # Set by devtools/stack.py: the memory group gunicorn runs in, nginx's working folder.
+    cgroup: MemoryCgroup | None = None
+    nginx_prefix: Path | None = None
+    nginx_pid: int | None = None
+    # Behind nginx every request without a `source` comes from a loopback address of its
+    # own, as from many people: nginx's per-address limits (tested in test_nginx_site.py)
+    # would otherwise refuse a suite's hundreds of uploads from 127.0.0.1.
+    rotate_sources: bool = False
+    _sources: Iterator[int] = field(default_factory=itertools.count)
+
+    @property
+    def client_port(self) -> int:
+        return self.front_port or self.port
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.client_port}"
+
+    def connection(self, timeout: float = 60.0, direct: bool = False,
+                   source: str | None = None) -> http.client.HTTPConnection:
+        """A connection to the front (or to gunicorn itself when `direct`), from `source`."""
+        if source is None and self.rotate_sources and not direct:
+            number = next(self._sources)
+            source = f"127.{100 + number // 62500 % 100}.{number // 250 % 250}.{number % 250 + 1}"
+        address = (source, 0) if source else None
+        if self.tls and not direct:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # the stack's certificate is made per run
+            return http.client.HTTPSConnection(HOST, self.client_port, timeout=timeout,
+                                               source_address=address, context=context)
+        return http.client.HTTPConnection(HOST, self.port if direct else self.client_port,
+                                          timeout=timeout, source_address=address)
 
     def request(self, method: str, path: str, body: bytes = b"",
-                headers: Mapping[str, str] | None = None, timeout: float = 60.0) -> Reply:
+                headers: Mapping[str, str] | None = None, timeout: float = 60.0,
+                direct: bool = False, source: str | None = None) -> Reply:
         started = time.perf_counter()
-        connection = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        connection = self.connection(timeout, direct, source)
         try:
-            connection.putrequest(method, path, skip_accept_encoding=True)
+            own_host = any(name.lower() == "host" for name in (headers or {}))
+            connection.putrequest(method, path, skip_host=own_host, skip_accept_encoding=True)
             for name, value in (headers or {}).items():
                 connection.putheader(name, value)
             if body or method == "POST":
@@ -104,10 +143,10 @@ class LiveServer:
         return self.request("GET", path, **kwargs)
 
     def post_api(self, files: Sequence[Upload] = (), fields: Mapping[str, str] = {},
-                 timeout: float = 60.0) -> Reply:
+                 timeout: float = 60.0, source: str | None = None) -> Reply:
         body, content_type = multipart(fields, files)
         return self.request("POST", "/api/v1/predict", body, {"Content-Type": content_type},
-                            timeout=timeout)
+                            timeout=timeout, source=source)
 
     def form_session(self) -> FormSession:
         """Open the page like a browser: keep its session cookie and CSRF token."""
@@ -123,7 +162,7 @@ class LiveServer:
         return self.process.pid
 
     def worker_pids(self) -> list[int]:
-        return sorted(pid for pid in _all_pids() if _parent(pid) == self.master_pid)
+        return children(self.master_pid)
 
     def wait_for_workers(self, count: int = 1, exclude: Sequence[int] = (),
                          timeout: float = 60.0) -> list[int]:
@@ -149,6 +188,8 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        while self.cleanups:
+            self.cleanups.pop()()
 
 
 @dataclass
@@ -156,52 +197,59 @@ class FormSession:
     server: LiveServer
     cookie: str
     token: str
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def post(self, files: Sequence[Upload] = (), fields: Mapping[str, str] | None = None,
-             timeout: float = 60.0) -> Reply:
+             timeout: float = 60.0, server: LiveServer | None = None) -> Reply:
+        """Submit the form, to the server it came from or to `server` (another host)."""
         body, content_type = multipart({"csrf_token": self.token, **(fields or {})}, files)
-        return self.server.request("POST", "/predict", body,
-                                   {"Content-Type": content_type, "Cookie": self.cookie},
-                                   timeout=timeout)
+        return (server or self.server).request(
+            "POST", "/predict", body,
+            {"Content-Type": content_type, "Cookie": self.cookie, **self.headers},
+            timeout=timeout)
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of one process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def start_server(model: Path, directory: Path, env: Mapping[str, str] | None = None,
-                 timeout: float = 90.0) -> LiveServer:
-    """gunicorn with the repo's gunicorn.conf.py, serving `model`; returns once it is ready."""
-    port = free_port()
+def gunicorn_env(model: Path, port: int, env: Mapping[str, str] | None = None,
+                 unset: Sequence[str] = ()) -> dict[str, str]:
+    """The environment for gunicorn serving `model` on 127.0.0.1:`port`, less `unset`."""
     settings = {key: value for key, value in os.environ.items()
-                if not key.startswith(("MELANOMA_", "PROMETHEUS_"))}
+                if not key.startswith(("MELANOMA_", "PROMETHEUS_")) and key not in unset}
     settings.update({"MELANOMA_MODEL_PATH": str(model),
                      "MELANOMA_SECRET_KEY": secrets.token_hex(32),
                      "MELANOMA_BIND": f"{HOST}:{port}", "PYTHONUNBUFFERED": "1"})
     settings.update(env or {})
+    return settings
+
+
+def start_server(model: Path, directory: Path, env: Mapping[str, str] | None = None,
+                 timeout: float = 90.0, prefix: Sequence[str] = (),
+                 port: int | None = None, unset: Sequence[str] = ()) -> LiveServer:
+    """gunicorn with the repo's gunicorn.conf.py, serving `model`; returns once it is ready.
+
+    `prefix` runs gunicorn under another command (devtools/stack.py: a cgroup and taskset).
+    """
+    port = port or free_port()
+    settings = gunicorn_env(model, port, env, unset)
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / f"gunicorn-{port}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+        process = subprocess.Popen([*prefix, sys.executable, "-m", "gunicorn", "-c",
+                                    "gunicorn.conf.py"],
                                    cwd=REPO, env=settings, stdout=log, stderr=subprocess.STDOUT)
     server = LiveServer(process, port, log_path, settings)
+    wait_until_ready(server, timeout)
+    return server
+
+
+def wait_until_ready(server: LiveServer, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
-            raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.log()}")
+            raise AssertionError(f"gunicorn exited with {server.process.returncode}:\n"
+                                 f"{server.log()}")
         try:
-            if server.get("/readyz", timeout=2).status == 200:
-                return server
+            if server.get("/readyz", timeout=2, direct=True).status == 200:
+                return
         except OSError:
             pass
         time.sleep(0.1)
@@ -211,25 +259,9 @@ def start_server(model: Path, directory: Path, env: Mapping[str, str] | None = N
 
 def serve(model: Path, directory: Path, env: Mapping[str, str] | None = None
           ) -> Iterator[LiveServer]:
-    """For fixtures: start, yield, and always stop."""
+    """For fixtures: start bare gunicorn, yield, and always stop."""
     server = start_server(model, directory, env)
     try:
         yield server
     finally:
         server.stop()
-
-
-def _all_pids() -> Iterator[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            yield int(entry)
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses; fields resume after the last ')'.
-    state, parent = stat.rsplit(")", 1)[1].split()[:2]
-    return None if state in ("Z", "X") else int(parent)

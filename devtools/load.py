@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.live_server import REPO, Reply
+from devtools.procs import percentile
+from devtools.server import REPO, Reply
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -50,13 +51,6 @@ def hammer(send: Callable[[], Reply], clients: int, seconds: float,
     for thread in threads:
         thread.join(seconds + 120)
     return outcomes
-
-
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 4)
 
 
 def summary(outcomes: Sequence[Outcome], seconds: float) -> dict[str, object]:
