@@ -61,6 +61,9 @@ class ModelSpec:
     created: str = ""
     provenance: str = ""
     schema_version: int = SCHEMA_VERSION
+    # INT8 quantisation (export/int8.py): how the graph was quantised and its measured
+    # fidelity against the fp32 model it came from; empty for an fp32 model.
+    quantization: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -70,6 +73,11 @@ class ModelSpec:
     @property
     def trained(self) -> bool:
         return not self.demo
+
+    @property
+    def precision(self) -> str:
+        """"int8" for a quantised graph, else "fp32"."""
+        return "int8" if self.quantization else "fp32"
 
     @property
     def display_name(self) -> str:
@@ -128,6 +136,8 @@ def _problems(spec: ModelSpec) -> list[str]:
         problems.append(f"threshold {spec.threshold} outside (0, 1)")
     if len(spec.labels) != 2:
         problems.append("labels need exactly two names: (negative, positive)")
+    if spec.quantization and not isinstance(spec.quantization.get("fidelity"), Mapping):
+        problems.append("quantization needs its measured fidelity")
     classes = 1 if spec.output_kind == "sigmoid" else 2
     if not 0 <= spec.melanoma_index < classes:
         problems.append(f"melanoma_index {spec.melanoma_index} invalid for {spec.output_kind}")
