@@ -64,8 +64,10 @@ def split_images(directory: Path, calibration_size: int, held_out_size: int) -> 
         raise ExportError(f"calibration images: {source} holds {len(ordered)} images; "
                           f"{calibration_size} calibrate and at least one more is needed "
                           "to measure fidelity")
-    return ImageSplit(tuple(ordered[:calibration_size]),
-                      tuple(ordered[calibration_size:calibration_size + held_out_size]), source)
+    # Held-out images are taken from the end, so they stay the same whatever the
+    # calibration size (when there are enough images for both).
+    start = max(calibration_size, len(ordered) - held_out_size)
+    return ImageSplit(tuple(ordered[:calibration_size]), tuple(ordered[start:]), source)
 
 
 def model_input(image: SourceImage, spec: ModelSpec,

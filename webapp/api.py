@@ -46,11 +46,14 @@ def serialise(prediction: Prediction) -> dict[str, Any]:
         },
         "image": {"width": prediction.image_width, "height": prediction.image_height},
         "model": {"name": prediction.model_name, "version": prediction.model_version,
-                  "architecture": prediction.architecture, "demo": prediction.demo},
+                  "architecture": prediction.architecture, "demo": prediction.demo,
+                  "precision": prediction.precision},
         "demo": prediction.demo,
         "timing_ms": dict(prediction.timing_ms),
         "disclaimer": DISCLAIMER,
     }
+    if prediction.fidelity:
+        body["model"]["fidelity_vs_fp32"] = dict(prediction.fidelity)
     if prediction.heatmap_png is not None:
         body["heatmap_png_base64"] = base64.b64encode(prediction.heatmap_png).decode("ascii")
     return body

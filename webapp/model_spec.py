@@ -80,6 +80,18 @@ class ModelSpec:
         return "int8" if self.quantization else "fp32"
 
     @property
+    def fidelity_summary(self) -> dict[str, Any]:
+        """The INT8 model's measured agreement with its fp32 original; empty for fp32."""
+        if not self.quantization:
+            return {}
+        measured = dict(self.quantization.get("fidelity", {}))
+        keys = ("images", "tta", "max_abs_delta", "p99_abs_delta", "flip_rate", "auc_change",
+                "auc_change_ci95", "heatmap_correlation_mean")
+        summary = {key: measured[key] for key in keys if measured.get(key) is not None}
+        summary["limits_met"] = bool(self.quantization.get("limits_met", False))
+        return summary
+
+    @property
     def display_name(self) -> str:
         return f"{self.name} {self.version} ({self.architecture}, {self.input_size}px)"
 
