@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -265,7 +267,8 @@ def format_int8_table(report: dict[str, Any]) -> str:
         t2 = cmp["t2_micro_projection"]
         lines.append(f"| {label} | t2.micro projection: burst / at 10% baseline (s), "
                      f"requests/hour at baseline | {t2['int8_burst_request_s']:.2f} / "
-                     f"{t2['int8_baseline_request_s']:.1f}, {t2['int8_baseline_requests_per_hour']:.0f}"
+                     f"{t2['int8_baseline_request_s']:.1f}, "
+                     f"{t2['int8_baseline_requests_per_hour']:.0f}"
                      f" | {t2['fp32_burst_request_s']:.2f} / {t2['fp32_baseline_request_s']:.1f}, "
                      f"{t2['fp32_baseline_requests_per_hour']:.0f} | | | | | |")
     lines += ["", "| INT8 target | input, views | value | limit | met |", "|---|---|---:|---:|---|"]

@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per model")
     parser.add_argument("--json", type=Path, default=Path("bench/int8-ablation.json"),
                         help="where the table goes")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="keep calibration ranges here (reused by variants and reruns)")
     args = parser.parse_args(argv)
     from webapp.model_spec import read_spec_file
 
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     fp32_ms = cpu_ms(args.model, size, args.repeats)
     with tempfile.TemporaryDirectory() as scratch:
+        cache = args.cache_dir or Path(scratch)
+        cache.mkdir(parents=True, exist_ok=True)
         for index, (label, options, correct) in enumerate(variants(BASE)):
             if args.only and index not in args.only:
                 continue
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = export_int8(Int8Request(
                     args.model, args.images, output, options, held_out_images=args.held_out,
                     enforce_limits=False, bias_correction=correct,
-                    calibration_cache=Path(scratch) / f"ranges-{options.method}-"
+                    calibration_cache=cache / f"ranges-{options.method}-"
                     f"{options.calibration_size}.json"))
             except ExportError as error:
                 print(f"{label}: {error}", file=sys.stderr)
@@ -123,7 +127,8 @@ def format_row(row: dict[str, Any]) -> str:
     auc = f"{f['auc_change']:+.4f}" if f.get("auc_change") is not None else "-"
     return (f"| {row['variant']} | {f['max_abs_delta']:.4f} | {f['p99_abs_delta']:.4f} | "
             f"{f['flip_rate']:.2%} | {auc} | {f['heatmap_correlation_mean']:.3f} | "
-            f"{row['cpu_ms_8_views']:.0f} ({row['fp32_cpu_ms_8_views'] / row['cpu_ms_8_views']:.2f}x) |")
+            f"{row['cpu_ms_8_views']:.0f} "
+            f"({row['fp32_cpu_ms_8_views'] / row['cpu_ms_8_views']:.2f}x) |")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -43,7 +43,8 @@ def lesion_bgr(rng: np.random.Generator, width: int = 600, height: int = 450,
     base = np.array(LESION_BGR[rng.integers(3)], np.float32)
     image[mask > 0] = image[mask > 0] * 0.3 + base * 0.7
     for _ in range(colours - 1):
-        blob = (int(centre[0] + rng.normal(0, radius / 2)), int(centre[1] + rng.normal(0, radius / 2)))
+        blob = (int(centre[0] + rng.normal(0, radius / 2)),
+                int(centre[1] + rng.normal(0, radius / 2)))
         colour = LESION_BGR[rng.integers(len(LESION_BGR))]
         cv2.circle(image, blob, int(radius * rng.uniform(0.1, 0.4)), colour, -1)
     for _ in range(int(rng.integers(0, 6))):  # hairs
@@ -51,11 +52,11 @@ def lesion_bgr(rng: np.random.Generator, width: int = 600, height: int = 450,
         end = rng.integers(0, (width, height))
         cv2.line(image, tuple(int(v) for v in start), tuple(int(v) for v in end),
                  (20, 20, 25), int(rng.integers(1, 3)))
-    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 3.0))
+    image = np.asarray(cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 3.0)), np.float32)
     yy, xx = np.mgrid[0:height, 0:width]
     distance = np.hypot((xx - width / 2) / (width / 2), (yy - height / 2) / (height / 2))
     image *= np.clip(1.25 - rng.uniform(0.2, 0.6) * distance ** 2, 0.2, 1.0)[..., None]
-    image += rng.normal(0, rng.uniform(2, 8), image.shape)
+    image += rng.normal(0, rng.uniform(2, 8), image.shape).astype(np.float32)
     label = int(colours >= 3 and irregular > 0.15)
     return np.clip(image, 0, 255).astype(np.uint8), label
 

@@ -77,7 +77,8 @@ def answer(model: Classifier, images: Sequence[SourceImage], policy: str = "none
            batch_images: int = 8) -> Answers:
     """Run `model` over `images` as the server would, several images per ONNX Runtime call."""
     views = tta.views_for(policy)
-    probabilities, heatmaps = [], []
+    probabilities: list[float] = []
+    heatmaps: list[np.ndarray] = []
     for start in range(0, len(images), batch_images):
         chunk = images[start:start + batch_images]
         batch = np.concatenate([model_input(image, model.spec, views) for image in chunk])
