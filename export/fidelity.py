@@ -16,6 +16,7 @@ from evaluation.metrics import roc_auc
 from export.calibration import SourceImage, model_input
 from webapp import tta
 from webapp.classifier import Classifier
+from webapp.model_spec import melanoma_probabilities
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def answer(model: Classifier, images: Sequence[SourceImage], policy: str = "none
         chunk = images[start:start + batch_images]
         batch = np.concatenate([model_input(image, model.spec, views) for image in chunk])
         logits, features = model.run_batch(batch)
-        per_view = model.probabilities(logits).reshape(len(chunk), len(views))
+        per_view = melanoma_probabilities(logits, model.spec.output_kind,
+                                          model.spec.melanoma_index).reshape(len(chunk), len(views))
         probabilities.extend(tta.merge_probabilities(row) for row in per_view)
         for index in range(len(chunk)):
             rows = slice(index * len(views), (index + 1) * len(views))

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from webapp.classifier import Prediction
+from webapp.model_spec import ModelSpec
 from webapp.uploads import read_flag, read_image
 from webapp.views import classifier
 
@@ -22,7 +23,9 @@ def predict() -> Response:
     want_heatmap = read_flag(request, "heatmap", False)
     prediction = classifier().predict(read_image(request), policy=policy,
                                       want_heatmap=want_heatmap)
-    response = jsonify(serialise(prediction))
+    body = serialise(prediction)
+    body["model"].update(precision_block(classifier().spec))
+    response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -30,6 +33,14 @@ def predict() -> Response:
 @bp.get("/model")
 def model() -> Response:
     return jsonify(classifier().spec.as_dict())
+
+
+def precision_block(spec: ModelSpec) -> dict[str, Any]:
+    """What the model runs in and, for INT8, its measured fidelity against fp32."""
+    block: dict[str, Any] = {"precision": spec.precision}
+    if spec.fidelity_summary:
+        block["fidelity_vs_fp32"] = spec.fidelity_summary
+    return block
 
 
 def serialise(prediction: Prediction) -> dict[str, Any]:
@@ -46,14 +57,11 @@ def serialise(prediction: Prediction) -> dict[str, Any]:
         },
         "image": {"width": prediction.image_width, "height": prediction.image_height},
         "model": {"name": prediction.model_name, "version": prediction.model_version,
-                  "architecture": prediction.architecture, "demo": prediction.demo,
-                  "precision": prediction.precision},
+                  "architecture": prediction.architecture, "demo": prediction.demo},
         "demo": prediction.demo,
         "timing_ms": dict(prediction.timing_ms),
         "disclaimer": DISCLAIMER,
     }
-    if prediction.fidelity:
-        body["model"]["fidelity_vs_fp32"] = dict(prediction.fidelity)
     if prediction.heatmap_png is not None:
         body["heatmap_png_base64"] = base64.b64encode(prediction.heatmap_png).decode("ascii")
     return body

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import onnxruntime as ort
@@ -39,9 +39,6 @@ class Prediction:
     timing_ms: Mapping[str, float] = field(default_factory=dict)
     model_input_png: bytes | None = None
     heatmap_png: bytes | None = None
-    # INT8: the precision the model runs in and its measured fidelity against fp32.
-    precision: str = "fp32"
-    fidelity: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def views(self) -> list[tuple[str, float]]:
@@ -119,8 +116,7 @@ class Classifier:
                        "inference": _ms(prepared, inferred),
                        "heatmap": _ms(inferred, finished), "total": _ms(started, finished)},
             model_input_png=heatmap.encode_png(seen) if want_input_image else None,
-            heatmap_png=heatmap_png, precision=self.spec.precision,
-            fidelity=self.spec.fidelity_summary)
+            heatmap_png=heatmap_png)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Melanoma probability per row of logits."""
