@@ -364,7 +364,7 @@ def _cache_options(args: argparse.Namespace, model: Path, checkpoint: Path, comm
     """Point ours at a fresh cache, filled once by a first boot whose cold start is kept."""
     if args.no_model_cache:
         return []
-    cache = model.parent / "session-cache"
+    cache = model.parent / "session-cache" / model.stem  # one per model: each boot clears its own
     options = ["--cache-dir", str(cache)]
     if str(model) not in first_boots:
         shutil.rmtree(cache, ignore_errors=True)
