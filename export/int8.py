@@ -52,7 +52,7 @@ class Int8Request:
     fidelity_tta: str = "none"
     limits: fidelity.FidelityLimits = field(default_factory=fidelity.FidelityLimits)
     enforce_limits: bool = True
-    bias_correction: bool = False
+    bias_correction: bool = True
     threads: int = 1
     calibration_cache: Path | None = None  # activation ranges, reused across variants
 
@@ -178,9 +178,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="one weight scale per tensor instead of per output channel")
     group.add_argument("--qdq-placement", choices=PLACEMENTS, default=QuantizeOptions.placement,
                        help="QDQ around every quantisable op, or around convolutions only")
-    group.add_argument("--bias-correction", action="store_true",
-                       help="shift the fp32 classifier's bias by the mean logit error on "
-                            "the calibration images")
+    group.add_argument("--bias-correction", action=argparse.BooleanOptionalAction,
+                       default=True,
+                       help="shift the fp32 classifier's bias by the mean logit error of the "
+                            "INT8 graph on the calibration images (needs the classifier fp32)")
     group.add_argument("--max-auc-change", type=float, default=0.002,
                        help="largest |AUC change| vs fp32 accepted (labelled images only)")
     group.add_argument("--max-p99-delta", type=float, default=0.02,

@@ -34,9 +34,9 @@ PLACEMENTS = ("all", "conv")  # QDQ around every op ORT can quantize, or around 
 class QuantizeOptions:
     """How to quantise; recorded in the INT8 model's spec."""
 
-    method: str = "percentile"
+    method: str = "minmax"
     per_channel: bool = True
-    keep_fp32: tuple[str, ...] = ("classifier",)
+    keep_fp32: tuple[str, ...] = ("first-conv", "classifier")
     placement: str = "all"
     calibration_size: int = 128
     percentile: float = 99.999

@@ -52,12 +52,15 @@ def test_quantiser_writes_a_qdq_u8s8_graph_a_quarter_the_size(
     assert int8_model.output.stat().st_size < tiny_onnx_model.stat().st_size / 3
 
 
-def test_classifier_kept_fp32_reads_the_features_the_heatmap_uses(
-        int8_model: int8.Int8Result) -> None:
+def test_first_conv_and_classifier_stay_fp32(int8_model: int8.Int8Result) -> None:
     graph = onnx.load(str(int8_model.output)).graph
     producer = {output: node for node in graph.node for output in node.output}
     gemm = next(node for node in graph.node if node.op_type == "Gemm")
+    first_conv = next(node for node in graph.node if node.op_type == "Conv")
     assert producer.get(gemm.input[1]) is None  # fp32 weights, not a DequantizeLinear
+    assert producer.get(first_conv.input[1]) is None
+    later_conv = [node for node in graph.node if node.op_type == "Conv"][5]
+    assert producer[later_conv.input[1]].op_type == "DequantizeLinear"
 
 
 def test_fidelity_against_fp32_is_in_the_spec(int8_model: int8.Int8Result) -> None:
@@ -72,6 +75,7 @@ def test_fidelity_against_fp32_is_in_the_spec(int8_model: int8.Int8Result) -> No
     assert -1 <= measured["heatmap_correlation_mean"] <= 1
     assert spec.quantization["calibration_images"] == CALIBRATION
     assert spec.quantization["per_channel"] is True
+    assert spec.quantization["bias_correction"] == "logit"
     assert spec.quantization["fp32_model"]["sha256"]
 
 
