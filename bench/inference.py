@@ -210,11 +210,12 @@ def check_int8_targets(case: dict[str, Any], fidelity: dict[str, Any]) -> list[d
         ("INT8 server peak RSS < 200 MiB", int8["peak_rss_mib"], 200.0, False),
         ("INT8 cold start < 0.6 s", int8["cold_start_median_s"], 0.6, False),
         ("fidelity on >= 2000 held-out images", float(fidelity.get("images", 0)), 2000.0, True),
-        ("p99 |dp| vs fp32 <= 0.02", fidelity.get("p99_abs_delta", 1.0), 0.02, False),
+        ("p99 abs(dp) vs fp32 <= 0.02", fidelity.get("p99_abs_delta", 1.0), 0.02, False),
         ("decision flips <= 0.5%", fidelity.get("flip_rate", 1.0), 0.005, False),
     ]
     if fidelity.get("auc_change") is not None:
-        rows.append(("|AUC change| vs fp32 <= 0.002", abs(fidelity["auc_change"]), 0.002, False))
+        rows.append(("abs(AUC change) vs fp32 <= 0.002", abs(fidelity["auc_change"]), 0.002,
+                     False))
     return [{"target": name, "value": value, "limit": limit,
              "met": value >= limit if higher else value <= limit}
             for name, value, limit, higher in rows]
