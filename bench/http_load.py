@@ -89,7 +89,8 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join([
         f"gunicorn 1 worker ({report['threads']} threads), {report['requests']} requests from "
         f"{report['concurrency']} connections, TTA {report['tta']}, "
-        f"upload {report['upload_bytes']} B",
+        f"upload {report['upload_bytes']} B ({report.get('image_size')}), "
+        f"model {report.get('precision')}",
         "", "| throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | errors | "
         "worker RSS steady / peak (MiB) | ready after (s) |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="predictions queued per worker (default: the shipped value; "
                              "gunicorn's threads follow from it, webapp/capacity.py)")
     parser.add_argument("--image", type=Path, help="JPEG to upload (default: synthetic 1024x768)")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
+                        help="upload a synthetic lesion JPEG of this size instead "
+                             "(4032 3024: a 12 MP phone photo; 600 450: ISIC-sized)")
     parser.add_argument("--hey", default="hey", help="the hey executable")
     parser.add_argument("--startup-timeout", type=float, default=120.0,
                         help="seconds to wait for /readyz")
@@ -125,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as scratch:
-        image = args.image or write_lesion_jpeg(Path(scratch) / "lesion.jpg")
+        image = args.image or write_lesion_jpeg(Path(scratch) / "lesion.jpg",
+                                                *(args.image_size or (1024, 768)))
         body, content_type = multipart_body(image.read_bytes(), {"tta": args.tta})
         body_path = Path(scratch) / "body.bin"
         body_path.write_bytes(body)
@@ -175,7 +180,14 @@ def _load(args: argparse.Namespace, hey: str, body: Path, content_type: str) -> 
             "worker_peak_rss_mib": memory.get("VmHWM", 0.0),
             "worker_rss_max_sampled_mib": max(samples, default=0.0),
             "master_rss_mib": master.get("VmRSS", 0.0),
-            "upload_bytes": body.stat().st_size}
+            "upload_bytes": body.stat().st_size, "image_size": args.image_size,
+            "precision": _precision(args.model)}
+
+
+def _precision(model: Path) -> str:
+    from webapp.model_spec import read_spec_file
+
+    return read_spec_file(model).precision
 
 
 def _memory(pid: int) -> dict[str, float]:

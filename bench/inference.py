@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -29,6 +31,11 @@ from bench.flops import macs_per_image  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("ours", "torch-per-view", "torch-batched")
 BASELINES = ("torch-per-view", "torch-batched")
+INT8 = "ours-int8"  # the serving path with the calibrated INT8 model
+# t2.micro: Xeon E5-2676 v3 (Haswell, AVX2, no VNNI) at 2.4 GHz base; 6 CPU credits an hour
+# earn 10% of the vCPU.
+T2_MICRO_GHZ = 2.4
+T2_MICRO_BASELINE = 0.10
 _SINGLE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                          "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
 
@@ -44,6 +51,27 @@ def build_demo_models(directory: Path, sizes: list[int]) -> list[tuple[Path, Pat
                            check=True, cwd=ROOT)
         pairs.append((model, model.with_name("demo-checkpoint.ckpt")))
     return pairs
+
+
+def build_int8_models(pairs: list[tuple[Path, Path]], images: Path | None, directory: Path,
+                      held_out: int) -> list[Path]:
+    """The INT8 model beside each fp32 one, calibrated on `images` (generated if None)."""
+    if images is None:
+        images = directory / "lesions"
+        if not (images / "train.csv").exists():
+            from bench.lesion_images import write_isic_folder
+
+            write_isic_folder(images, held_out + 128)
+    models = []
+    for model, _ in pairs:
+        int8 = model.with_name(f"{model.stem}.int8.onnx")
+        if not int8.exists():
+            subprocess.run([sys.executable, "-m", "export.int8", str(model),
+                            "--calibration-images", str(images), "--held-out-images",
+                            str(held_out), "--accept-low-fidelity"], check=True, cwd=ROOT,
+                           env=os.environ | {"ORT_DISABLE_TELEMETRY": "1"})
+        models.append(int8)
+    return models
 
 
 def write_lesion_jpeg(path: Path, width: int = 1024, height: int = 768) -> Path:
@@ -92,6 +120,13 @@ def summarise(runs: list[dict[str, Any]], key: str = "request_s") -> dict[str, A
         "view_probabilities": runs[0]["view_probabilities"],
         "settings": runs[0]["settings"],
     }
+    if "request_cpu_s" in runs[0]:
+        result["request_cpu_median_s"] = statistics.median(
+            s for run in runs for s in run["request_cpu_s"])
+    if "inference_cpu_s" in runs[0]:
+        result["inference_cpu_median_s"] = statistics.median(
+            s for run in runs for s in run["inference_cpu_s"])
+        result["precision"] = runs[0]["precision"]
     if "inference_s" in runs[0]:
         inference = [s for run in runs for s in run["inference_s"]]
         result["inference_median_s"] = statistics.median(inference)
@@ -125,6 +160,125 @@ def compare(case: dict[str, Any], peak_gflops: float) -> dict[str, Any]:
                                            ours["view_probabilities"], strict=True)),
         }
     return result
+
+
+def compare_int8(case: dict[str, Any], int8_gops_cpu: float,
+                 cpu_ghz: float) -> dict[str, Any]:
+    """INT8 against fp32 and PyTorch (wall and CPU time), its bound, a t2.micro projection."""
+    int8, paths = case["paths"][INT8], case["paths"]
+    flops = 2.0 * case["macs_per_image"] * case["views"]
+    bound = flops / (int8_gops_cpu * 1e9)
+    result: dict[str, Any] = {
+        "int8_gemm_gops_cpu": int8_gops_cpu, "int8_bound_s": bound,
+        "int8_model_cpu_s": int8["inference_cpu_median_s"],
+        "int8_model_vs_bound": int8["inference_cpu_median_s"] / bound,
+        "max_abs_diff_probability_vs_fp32": max(
+            abs(a - b) for a, b in zip(int8["view_probabilities"],
+                                       paths["ours"]["view_probabilities"], strict=True))}
+    for name in ("ours", *BASELINES):
+        result[name] = {
+            "latency_ratio": paths[name]["latency_median_s"] / int8["latency_median_s"],
+            "cpu_ratio": paths[name]["request_cpu_median_s"] / int8["request_cpu_median_s"]}
+    result["ours"]["model_cpu_ratio"] = (paths["ours"]["inference_cpu_median_s"]
+                                         / int8["inference_cpu_median_s"])
+    scale = cpu_ghz / T2_MICRO_GHZ
+    result["t2_micro_projection"] = {
+        "assumptions": f"same AVX2 u8s8 kernels and work per cycle as this CPU, clock "
+                       f"{cpu_ghz:.2f} -> {T2_MICRO_GHZ} GHz, CPU-credit baseline "
+                       f"{T2_MICRO_BASELINE:.0%} of the vCPU; a projection, not a measurement",
+        **{f"{name}_{key}": value for name, path in (("int8", INT8), ("fp32", "ours"))
+           for key, value in _t2_projection(paths[path]["request_cpu_median_s"] * scale).items()}}
+    return result
+
+
+def _t2_projection(cpu_seconds: float) -> dict[str, float]:
+    return {"burst_request_s": cpu_seconds,
+            "baseline_request_s": cpu_seconds / T2_MICRO_BASELINE,
+            "baseline_requests_per_hour": 3600.0 * T2_MICRO_BASELINE / cpu_seconds}
+
+
+def check_int8_targets(case: dict[str, Any], fidelity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The INT8 issue's targets (speed on CPU time, memory, cold start, fidelity)."""
+    cmp, int8 = case["int8_comparison"], case["paths"][INT8]
+    rows = [
+        ("INT8 >= 2.5x faster than our fp32 (request CPU time)", cmp["ours"]["cpu_ratio"],
+         2.5, True),
+        ("INT8 >= 5x faster than PyTorch per view (request CPU time)",
+         cmp["torch-per-view"]["cpu_ratio"], 5.0, True),
+        ("INT8 model time within 2x of its int8 GEMM bound", cmp["int8_model_vs_bound"],
+         2.0, False),
+        ("INT8 server peak RSS < 200 MiB", int8["peak_rss_mib"], 200.0, False),
+        ("INT8 cold start < 0.6 s", int8["cold_start_median_s"], 0.6, False),
+        ("fidelity on >= 2000 held-out images", float(fidelity.get("images", 0)), 2000.0, True),
+        ("p99 abs(dp) vs fp32 <= 0.02", fidelity.get("p99_abs_delta", 1.0), 0.02, False),
+        ("decision flips <= 0.5%", fidelity.get("flip_rate", 1.0), 0.005, False),
+    ]
+    if fidelity.get("auc_change") is not None:
+        rows.append(("abs(AUC change) vs fp32 <= 0.002", abs(fidelity["auc_change"]), 0.002,
+                     False))
+    return [{"target": name, "value": value, "limit": limit,
+             "met": value >= limit if higher else value <= limit}
+            for name, value, limit, higher in rows]
+
+
+def format_int8_table(report: dict[str, Any]) -> str:
+    """Markdown: INT8 vs our fp32 vs PyTorch, fidelity rows, bound, t2.micro projection."""
+    lines = [f"Single-core u8s8 GEMM (onnxruntime MatMulInteger): "
+             f"{report['int8_gemm_gops_cpu']:.0f} GOP/s of CPU time; fp32 GEMM "
+             f"{report['peak_gflops_cpu']:.0f} GFLOP/s of CPU time.", "",
+             "| input, views | metric | INT8 | ours fp32 | PyTorch per view | PyTorch batched "
+             "| fp32 / INT8 | per view / INT8 | batched / INT8 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    order = (INT8, "ours", *BASELINES)
+    for case in report["cases"]:
+        if INT8 not in case["paths"]:
+            continue
+        label = f"{case['input_size']} px, {case['views']} views"
+        paths, cmp = case["paths"], case["int8_comparison"]
+
+        def row(metric: str, key: str, scale: float, fmt: str, ratio: str | None,
+                paths: dict[str, Any] = paths, cmp: dict[str, Any] = cmp,
+                label: str = label) -> None:
+            values = [f"{paths[p][key] * scale:{fmt}}" for p in order]
+            ratios = [f"{cmp[b][ratio]:.2f}x" if ratio else "" for b in order[1:]]
+            lines.append(f"| {label} | {metric} | " + " | ".join(values + ratios) + " |")
+
+        row("request CPU time median (ms)", "request_cpu_median_s", 1000, ".0f", "cpu_ratio")
+        row("request wall latency median (ms)", "latency_median_s", 1000, ".0f",
+            "latency_ratio")
+        row("cold start (s)", "cold_start_median_s", 1, ".2f", None)
+        row("steady RSS (MiB)", "steady_rss_mib", 1, ".0f", None)
+        row("peak RSS (MiB)", "peak_rss_mib", 1, ".0f", None)
+        lines.append(f"| {label} | model only CPU ms: INT8 / bound / ratio | "
+                     f"{cmp['int8_model_cpu_s'] * 1000:.0f} / {cmp['int8_bound_s'] * 1000:.0f} / "
+                     f"{cmp['int8_model_vs_bound']:.2f}x | "
+                     f"{paths['ours']['inference_cpu_median_s'] * 1000:.0f} | | | "
+                     f"{cmp['ours']['model_cpu_ratio']:.2f}x | | |")
+        fid = case.get("int8_fidelity", {})
+        if fid:
+            auc = (f", AUC change {fid['auc_change']:+.4f} (95% CI {fid['auc_change_ci95'][0]:+.4f}"
+                   f" to {fid['auc_change_ci95'][1]:+.4f})" if fid.get("auc_change") is not None
+                   else "")
+            lines.append(f"| {label} | fidelity vs fp32 ({fid['images']} held-out, TTA "
+                         f"{fid['tta']}) | max {fid['max_abs_delta']:.4f}, p99 "
+                         f"{fid['p99_abs_delta']:.4f}, flips {fid['flip_rate']:.2%}, heatmap r "
+                         f"{fid['heatmap_correlation_mean']:.3f}{auc} | | | | | | |")
+        lines.append(f"| {label} | max abs diff probability vs fp32 (bench image, 8 views) | "
+                     f"{cmp['max_abs_diff_probability_vs_fp32']:.1e} | | | | | | |")
+        t2 = cmp["t2_micro_projection"]
+        lines.append(f"| {label} | t2.micro projection: burst / at 10% baseline (s), "
+                     f"requests/hour at baseline | {t2['int8_burst_request_s']:.2f} / "
+                     f"{t2['int8_baseline_request_s']:.1f}, "
+                     f"{t2['int8_baseline_requests_per_hour']:.0f}"
+                     f" | {t2['fp32_burst_request_s']:.2f} / {t2['fp32_baseline_request_s']:.1f}, "
+                     f"{t2['fp32_baseline_requests_per_hour']:.0f} | | | | | |")
+    lines += ["", "| INT8 target | input, views | value | limit | met |", "|---|---|---:|---:|---|"]
+    for case in report["cases"]:
+        for target in case.get("int8_targets", []):
+            lines.append(f"| {target['target']} | {case['input_size']} px, {case['views']} | "
+                         f"{target['value']:.3g} | {target['limit']:.3g} | "
+                         f"{'yes' if target['met'] else 'NO'} |")
+    return "\n".join(lines)
 
 
 def check_targets(case: dict[str, Any]) -> list[dict[str, Any]]:
@@ -211,7 +365,7 @@ def _cache_options(args: argparse.Namespace, model: Path, checkpoint: Path, comm
     """Point ours at a fresh cache, filled once by a first boot whose cold start is kept."""
     if args.no_model_cache:
         return []
-    cache = model.parent / "session-cache"
+    cache = model.parent / "session-cache" / model.stem  # one per model: each boot clears its own
     options = ["--cache-dir", str(cache)]
     if str(model) not in first_boots:
         shutil.rmtree(cache, ignore_errors=True)
@@ -228,6 +382,17 @@ def _external_copy(model: Path) -> Path:
 
     copy = model.parent / "external-data" / model.name
     return copy if copy.exists() else split_weights(model, copy)
+
+
+def _cpu_ghz() -> float:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":", 1)[1]) / 1000.0
+    except (OSError, ValueError):
+        pass
+    return T2_MICRO_GHZ
 
 
 def _cpu_model() -> str:
@@ -273,28 +438,46 @@ def main(argv: list[str] | None = None) -> int:
                              "latency first boot fills it and is reported on its own")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"),
                         help="where the full results go")
+    parser.add_argument("--int8-model", type=Path, action="append", default=[],
+                        help="the INT8 model of each --model, in the same order (adds the "
+                             "INT8 path, its fidelity and its int8 GEMM bound)")
+    parser.add_argument("--int8", action="store_true",
+                        help="with --demo-dir: build (once) and add each demo model's INT8 "
+                             "model, calibrated on --calibration-images")
+    parser.add_argument("--calibration-images", type=Path,
+                        help="with --int8: folder or ISIC layout (default: generated lesions)")
+    parser.add_argument("--held-out-images", type=int, default=2000,
+                        help="with --int8: held-out images the fidelity is measured on")
     args = parser.parse_args(argv)
 
     if args.demo_dir:
         pairs = build_demo_models(args.demo_dir, args.sizes)
+        int8_models = build_int8_models(pairs, args.calibration_images, args.demo_dir,
+                                        args.held_out_images) if args.int8 else []
     elif args.model and len(args.model) == len(args.checkpoint):
         pairs = list(zip(args.model, args.checkpoint, strict=True))
+        int8_models = args.int8_model
     else:
         parser.error("give --demo-dir, or one --checkpoint for each --model")
+    if int8_models and len(int8_models) != len(pairs):
+        parser.error("give one --int8-model for each --model")
     with tempfile.TemporaryDirectory() as scratch:
         image = args.image or write_lesion_jpeg(Path(scratch) / "lesion.jpg")
-        report = _measure(args, pairs, image)
+        report = _measure(args, pairs, image, int8_models)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
+    if int8_models:
+        print("\n" + format_int8_table(report))
     print(f"\nfull results: {args.json}")
     return 0
 
 
-def _measure(args: argparse.Namespace, pairs: list[tuple[Path, Path]],
-             image: Path) -> dict[str, Any]:
+def _measure(args: argparse.Namespace, pairs: list[tuple[Path, Path]], image: Path,
+             int8_models: list[Path] | None = None) -> dict[str, Any]:
     runs: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
     peaks: list[dict[str, Any]] = []
+    int8_peaks: list[dict[str, Any]] = []
     first_boots: dict[str, float] = {}
     common = ["--image", str(image), "--repeats", str(args.repeats),
               "--warmup", str(args.warmup)]
@@ -302,15 +485,21 @@ def _measure(args: argparse.Namespace, pairs: list[tuple[Path, Path]],
         for library in args.peak_libraries:
             peaks.append(run_worker(f"peak-{library}", args.cpu, "--repeats", "5",
                                     "--matrix-size", str(args.matrix_size)))
+        if int8_models:
+            int8_peaks.append(run_worker("peak-int8", args.cpu, "--repeats", "5",
+                                         "--matrix-size", str(args.matrix_size)))
         for index, (model, checkpoint) in enumerate(pairs):
             for views in args.views:
-                order = PATHS if round_index % 2 == 0 else PATHS[::-1]
+                paths = (*PATHS, INT8) if int8_models else PATHS
+                order = paths if round_index % 2 == 0 else paths[::-1]
                 for path in order:
-                    served = _external_copy(model) if args.external_data and path == "ours" \
-                        else model
+                    served = int8_models[index] if path == INT8 and int8_models else model
+                    if args.external_data and path == "ours":
+                        served = _external_copy(model)
                     extra = _cache_options(args, served, checkpoint, common, first_boots) \
-                        if path == "ours" else []
-                    result = run_worker(path, args.cpu, "--model", str(served), "--checkpoint",
+                        if path in ("ours", INT8) else []
+                    kind = "ours" if path == INT8 else path
+                    result = run_worker(kind, args.cpu, "--model", str(served), "--checkpoint",
                                         str(checkpoint), "--views", str(views), *common, *extra)
                     runs.setdefault((index, views, path), []).append(result)
                     print(f"round {round_index + 1}/{args.rounds} {model.name} {views} views "
@@ -324,7 +513,12 @@ def _measure(args: argparse.Namespace, pairs: list[tuple[Path, Path]],
         "ours_layout": "external data" if args.external_data else "single file",
         "ours_model_cache": not args.no_model_cache,
         "ours_first_boot_cold_start_s": first_boots,
+        "peak_gflops_cpu": max(p["gflops_best_cpu"] for p in peaks),
         "repeats": args.repeats, "python": sys.version.split()[0], "cases": []}
+    if int8_peaks:
+        report["int8_gemm_gops_cpu"] = max(p["gflops_best_cpu"] for p in int8_peaks)
+        report["int8_gemm_gops_wall"] = max(p["gflops_best"] for p in int8_peaks)
+        report["int8_peak_source"] = int8_peaks[0]["settings"]
     for index, (model, checkpoint) in enumerate(pairs):
         macs = macs_per_image(model)
         for views in args.views:
@@ -337,6 +531,16 @@ def _measure(args: argparse.Namespace, pairs: list[tuple[Path, Path]],
                 "paths": {p: summarise(runs[(index, views, p)]) for p in PATHS}}
             case["comparison"] = compare(case, report["peak_gflops"])
             case["targets"] = check_targets(case)
+            if int8_models:
+                case["int8_model"] = str(int8_models[index])
+                case["paths"][INT8] = summarise(runs[(index, views, INT8)])
+                case["int8_comparison"] = compare_int8(case, report["int8_gemm_gops_cpu"],
+                                                       _cpu_ghz())
+                spec = read_spec_file(int8_models[index])
+                case["int8_fidelity"] = dict(spec.quantization.get("fidelity", {}))
+                case["int8_quantization"] = {k: v for k, v in spec.quantization.items()
+                                             if k != "fidelity"}
+                case["int8_targets"] = check_int8_targets(case, case["int8_fidelity"])
             report["cases"].append(case)
     return report
 

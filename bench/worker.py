@@ -19,7 +19,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
-KINDS = ("ours", "torch-per-view", "torch-batched", "peak-numpy", "peak-torch")
+KINDS = ("ours", "torch-per-view", "torch-batched", "peak-numpy", "peak-torch", "peak-int8")
 POLICY_FOR_VIEWS = {1: "none", 4: "flips", 8: "dihedral"}
 
 
@@ -34,12 +34,17 @@ def memory_mib() -> dict[str, float]:
     return {"rss_mib": values["VmRSS"], "peak_rss_mib": values["VmHWM"]}
 
 
-def _timed(function: Callable[[], Any], repeats: int) -> list[float]:
+def _timed(function: Callable[[], Any], repeats: int,
+           cpu: list[float] | None = None) -> list[float]:
+    """Wall seconds per call; with `cpu`, also this process's CPU seconds per call (one
+    thread does all the work, so CPU time is the cost undisturbed by other processes)."""
     seconds = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         function()
         seconds.append(time.perf_counter() - started)
+        if cpu is not None:
+            cpu.append(time.process_time() - cpu_started)
     return seconds
 
 
@@ -66,12 +71,16 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     batch = preprocess.to_model_input(tta.make_batch(seen, tta.views_for(policy)), model.spec)
     for _ in range(args.warmup):
         serve()
-    request = _timed(serve, args.repeats)
-    inference = _timed(lambda: model.run_batch(batch), args.repeats)
+    request_cpu: list[float] = []
+    inference_cpu: list[float] = []
+    request = _timed(serve, args.repeats, request_cpu)
+    inference = _timed(lambda: model.run_batch(batch), args.repeats, inference_cpu)
     return {**memory_mib(), "cold_start_s": cold, "cold_start_phases": phases,
             "after_first_prediction": after_load,
             "view_probabilities": list(first.view_probabilities),
             "probability": first.probability, "request_s": request, "inference_s": inference,
+            "request_cpu_s": request_cpu, "inference_cpu_s": inference_cpu,
+            "precision": model.spec.precision,
             "torch_imported": "torch" in sys.modules, "settings": "ORT CPU, 1 intra-op thread"}
 
 
@@ -119,10 +128,11 @@ def run_torch(args: argparse.Namespace, batched: bool) -> dict[str, Any]:
     network.to(memory_format=layouts[best])
     for _ in range(args.warmup):
         predict(layouts[best])
-    request = _timed(lambda: predict(layouts[best]), args.repeats)
+    request_cpu: list[float] = []
+    request = _timed(lambda: predict(layouts[best]), args.repeats, request_cpu)
     return {**memory_mib(), "cold_start_s": cold, "after_first_prediction": after_load,
             "view_probabilities": first, "probability": sum(first) / len(first),
-            "request_s": request,
+            "request_s": request, "request_cpu_s": request_cpu,
             "settings": f"torch {torch.__version__}, 1 thread, eval, inference_mode, "
                         f"{best} ({', '.join(f'{k} {v * 1000:.0f} ms' for k, v in trial.items())})"}
 
@@ -145,9 +155,42 @@ def run_peak(args: argparse.Namespace, library: str) -> dict[str, Any]:
         multiply = lambda: torch.mm(x, y)  # noqa: E731
         version = f"torch {torch.__version__}"
     multiply()
-    seconds = _timed(multiply, args.repeats)
-    return {**memory_mib(), "gemm_seconds": seconds, "flops": 2.0 * n ** 3,
-            "gflops_best": 2.0 * n ** 3 / min(seconds) / 1e9, "settings": version}
+    cpu: list[float] = []
+    seconds = _timed(multiply, args.repeats, cpu)
+    return {**memory_mib(), "gemm_seconds": seconds, "gemm_cpu_seconds": cpu,
+            "flops": 2.0 * n ** 3, "gflops_best": 2.0 * n ** 3 / min(seconds) / 1e9,
+            "gflops_best_cpu": 2.0 * n ** 3 / min(cpu) / 1e9, "settings": version}
+
+
+def run_peak_int8(args: argparse.Namespace) -> dict[str, Any]:
+    """Single-core u8 x s8 GEMM throughput in ONNX Runtime (MatMulInteger, the MLAS kernel
+    its quantised convolutions use): the bound an INT8 model is compared with."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import numpy as np
+    from webapp.runtime import ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = args.matrix_size
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8)}
+    session.run(None, feed)
+    cpu: list[float] = []
+    seconds = _timed(lambda: session.run(None, feed), args.repeats, cpu)
+    return {**memory_mib(), "gemm_seconds": seconds, "gemm_cpu_seconds": cpu,
+            "flops": 2.0 * n ** 3, "gflops_best": 2.0 * n ** 3 / min(seconds) / 1e9,
+            "gflops_best_cpu": 2.0 * n ** 3 / min(cpu) / 1e9,
+            "settings": f"onnxruntime {ort.__version__} MatMulInteger u8s8"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_ours(args)
     elif args.kind.startswith("torch"):
         result = run_torch(args, batched=args.kind == "torch-batched")
+    elif args.kind == "peak-int8":
+        result = run_peak_int8(args)
     else:
         result = run_peak(args, args.kind.removeprefix("peak-"))
     # RSS is read inside each run_* while its model is still alive: steady state.

@@ -17,9 +17,9 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 
 from export.errors import ExportError  # noqa: E402
+from webapp.runtime import ort  # noqa: E402
 from webapp import ood, preprocess  # noqa: E402
 from webapp.errors import InvalidImage  # noqa: E402
 from webapp.model_spec import spec_from_metadata  # noqa: E402

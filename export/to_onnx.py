@@ -1,18 +1,23 @@
 """Command line: export a ResNeSt checkpoint to a verified ONNX model with its spec embedded.
 
     python export/to_onnx.py path/to/model.ckpt [--output models/x.onnx] [options]
+    python export/to_onnx.py CKPT --int8 --calibration-images DIR   # also models/x.int8.onnx
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if __package__ in (None, ""):
     # Run as a script (`python export/to_onnx.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from export import int8  # noqa: E402
 from export.architectures import ARCHITECTURES  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, ExportResult, export_checkpoint  # noqa: E402
@@ -56,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
                         help="load with weights_only=False; runs code from the file, trusted "
                              "files only")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write a calibrated static INT8 model beside the fp32 one "
+                             "(needs --calibration-images; refused if fidelity misses limits)")
+    int8.add_arguments(parser)
     return parser
 
 
@@ -84,7 +93,10 @@ def report(result: ExportResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.int8 and args.calibration_images is None:
+        parser.error("--int8 needs --calibration-images DIR")
     try:
         result = export_checkpoint(request_from_args(args))
         if args.reference_images is not None:
@@ -97,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(report(result))
+    if args.int8:
+        try:
+            quantised = int8.export_int8(int8.request_from_args(result.output, args))
+        except ExportError as error:
+            print(f"error: {error} (the fp32 model {result.output} was written)",
+                  file=sys.stderr)
+            return 1
+        print(int8.report(quantised))
     return 0
 
 

@@ -34,7 +34,8 @@ def test_predict_returns_everything_a_client_needs(client: FlaskClient,
     assert body["tta"]["policy"] == "dihedral" and len(body["tta"]["views"]) == 8
     assert body["tta"]["spread"] >= 0
     assert body["model"] == {"name": "tiny", "version": "1",
-                             "architecture": "resnest14_fast_4s1x64d", "demo": False}
+                             "architecture": "resnest14_fast_4s1x64d", "demo": False,
+                             "precision": "fp32"}
     assert body["demo"] is False
     assert body["timing_ms"]["total"] > 0 and body["timing_ms"]["inference"] > 0
     assert body["image"] == {"width": 320, "height": 240}

@@ -20,12 +20,22 @@ SOURCE_DIRS = ("webapp", "export", "evaluation", "bench", "infra", "devtools", "
 
 
 def _imports_onnxruntime(path: Path) -> bool:
+    """Whether the file imports onnxruntime without first importing webapp.runtime.
+
+    Only the exporter's quantisation modules import `onnxruntime.quantization` themselves
+    (it needs the onnx package, which the server lacks); they import webapp.runtime first.
+    """
+    runtime_first = False
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (
+                node.module == "webapp.runtime"
+                or (node.module == "webapp" and any(a.name == "runtime" for a in node.names))):
+            runtime_first = True
         if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "onnxruntime"
                                                 for a in node.names):
             return True
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == \
-                "onnxruntime":
+                "onnxruntime" and not runtime_first:
             return True
     return False
 

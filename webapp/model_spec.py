@@ -83,6 +83,9 @@ class ModelSpec:
     # (unless only a reduced decode fits the memory budget). Set it only where
     # `python -m bench.decode` shows the model keeps its answers.
     jpeg_reduced_decode_min_ratio: int = 0
+    # INT8 quantisation (export/int8.py): how the graph was quantised and its measured
+    # fidelity against the fp32 model it came from; empty for an fp32 model.
+    quantization: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -111,6 +114,23 @@ class ModelSpec:
         """Whether `probability` is at or above the threshold, and the label that says so."""
         positive = probability >= self.threshold
         return positive, self.labels[1] if positive else self.labels[0]
+
+    @property
+    def precision(self) -> str:
+        """"int8" for a quantised graph, else "fp32"."""
+        return "int8" if self.quantization else "fp32"
+
+    @property
+    def fidelity_summary(self) -> dict[str, Any]:
+        """The INT8 model's measured agreement with its fp32 original; empty for fp32."""
+        if not self.quantization:
+            return {}
+        measured = dict(self.quantization.get("fidelity", {}))
+        keys = ("images", "tta", "max_abs_delta", "p99_abs_delta", "flip_rate", "auc_change",
+                "auc_change_ci95", "heatmap_correlation_mean")
+        summary = {key: measured[key] for key in keys if measured.get(key) is not None}
+        summary["limits_met"] = bool(self.quantization.get("limits_met", False))
+        return summary
 
     @property
     def display_name(self) -> str:
@@ -173,6 +193,8 @@ def _problems(spec: ModelSpec) -> list[str]:
     if not 0 <= spec.jpeg_reduced_decode_min_ratio <= 64:
         problems.append(f"jpeg_reduced_decode_min_ratio {spec.jpeg_reduced_decode_min_ratio} "
                         "outside 0..64")
+    if spec.quantization and not isinstance(spec.quantization.get("fidelity"), Mapping):
+        problems.append("quantization needs its measured fidelity")
     if spec.output_kind in OUTPUT_KINDS and not 0 <= spec.melanoma_index < spec.class_count:
         problems.append(f"melanoma_index {spec.melanoma_index} invalid for {spec.output_kind}")
     return problems

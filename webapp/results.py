@@ -46,7 +46,8 @@ def single(analysis: Analysis, spec: ModelSpec, heatmap_png: bool = False) -> di
         "out_of_distribution": None if insight.ood_score is None else {
             "score": round(insight.ood_score, 4)},
         "model": {"name": spec.name, "version": spec.version,
-                  "architecture": spec.architecture, "demo": spec.demo},
+                  "architecture": spec.architecture, "demo": spec.demo,
+                  **precision_block(spec)},
         "demo": spec.demo,
         "timing_ms": dict(analysis.timing_ms),
         "disclaimer": DISCLAIMER,
@@ -122,3 +123,11 @@ def patient_body(lesions: Sequence[Lesion], spec: ModelSpec,
             "probability_rank": s.probability_rank, "difference_rank": s.difference_rank,
             "odd_one_out": s.odd_one_out}})
     return {"lesions": items, "odd_one_out": odd, "disclaimer": DISCLAIMER}
+
+
+def precision_block(spec: ModelSpec) -> dict[str, Any]:
+    """What the model runs in and, for INT8, its measured fidelity against fp32."""
+    block: dict[str, Any] = {"precision": spec.precision}
+    if spec.fidelity_summary:
+        block["fidelity_vs_fp32"] = spec.fidelity_summary
+    return block

@@ -9,6 +9,7 @@ here (tests/test_telemetry.py holds them to it); the systemd unit sets the varia
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 # Set, not defaulted: a service that takes photos of people's skin must never phone home.
 os.environ["ORT_DISABLE_TELEMETRY"] = "1"
@@ -16,3 +17,11 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 import onnxruntime as ort  # noqa: E402
 
 __all__ = ["ort"]
+
+
+def quantization() -> ModuleType:
+    """onnxruntime.quantization, for the exporter only (it needs the onnx package, which the
+    server does not install)."""
+    import onnxruntime.quantization as quantization_module
+
+    return quantization_module

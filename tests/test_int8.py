@@ -1,0 +1,132 @@
+"""INT8 export: the quantiser on a shallow network, the fidelity gate, the spec, serving."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import onnx  # noqa: E402
+import pytest  # noqa: E402
+
+from bench.lesion_images import write_isic_folder  # noqa: E402
+from export import int8, to_onnx  # noqa: E402
+from export.fidelity import FidelityLimits  # noqa: E402
+from export.quantize import QuantizeOptions  # noqa: E402
+from webapp.model_spec import ModelSpec, read_spec_file  # noqa: E402
+
+CALIBRATION = 8
+HELD_OUT = 24
+FAST = QuantizeOptions(method="minmax", calibration_size=CALIBRATION)
+LOOSE = FidelityLimits(max_auc_change=1.0, max_p99_abs_delta=1.0, max_flip_rate=1.0)
+
+
+@pytest.fixture(scope="session")
+def lesion_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ISIC-layout set (train.csv + jpeg/train/) of generated lesions."""
+    return write_isic_folder(tmp_path_factory.mktemp("lesions"), CALIBRATION + HELD_OUT,
+                             width=160, height=120)
+
+
+@pytest.fixture(scope="session")
+def int8_model(tiny_onnx_model: Path, lesion_folder: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> int8.Int8Result:
+    output = tmp_path_factory.mktemp("int8") / "tiny.int8.onnx"
+    return int8.export_int8(int8.Int8Request(
+        tiny_onnx_model, lesion_folder, output, FAST, held_out_images=HELD_OUT, limits=LOOSE))
+
+
+def test_quantiser_writes_a_qdq_u8s8_graph_a_quarter_the_size(
+        int8_model: int8.Int8Result, tiny_onnx_model: Path) -> None:
+    graph = onnx.load(str(int8_model.output)).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    initializers = {t.name: t for t in graph.initializer}
+    weights = [initializers[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in initializers and len(initializers[n.input[0]].dims) == 4]
+    assert weights and all(w.data_type == onnx.TensorProto.INT8 for w in weights)
+    activations = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    zero_points = [initializers[n.input[2]] for n in activations if n.input[2] in initializers]
+    assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
+    assert int8_model.output.stat().st_size < tiny_onnx_model.stat().st_size / 3
+
+
+def test_first_conv_and_classifier_stay_fp32(int8_model: int8.Int8Result) -> None:
+    graph = onnx.load(str(int8_model.output)).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    gemm = next(node for node in graph.node if node.op_type == "Gemm")
+    first_conv = next(node for node in graph.node if node.op_type == "Conv")
+    assert producer.get(gemm.input[1]) is None  # fp32 weights, not a DequantizeLinear
+    assert producer.get(first_conv.input[1]) is None
+    later_conv = [node for node in graph.node if node.op_type == "Conv"][5]
+    assert producer[later_conv.input[1]].op_type == "DequantizeLinear"
+
+
+def test_fidelity_against_fp32_is_in_the_spec(int8_model: int8.Int8Result) -> None:
+    spec = read_spec_file(int8_model.output)
+    assert spec.precision == "int8"
+    measured = spec.quantization["fidelity"]
+    assert measured["images"] == HELD_OUT
+    assert 0 <= measured["p99_abs_delta"] <= measured["max_abs_delta"] < 1
+    assert 0 <= measured["flip_rate"] <= 1 and measured["auc_fp32"] is not None
+    low, high = measured["auc_change_ci95"]
+    assert low <= high
+    assert -1 <= measured["heatmap_correlation_mean"] <= 1
+    assert spec.quantization["calibration_images"] == CALIBRATION
+    assert spec.quantization["per_channel"] is True
+    assert spec.quantization["bias_correction"] == "logit"
+    assert spec.quantization["fp32_model"]["sha256"]
+
+
+def test_spec_round_trips_with_and_without_quantization(int8_model: int8.Int8Result) -> None:
+    spec = int8_model.spec
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    old = json.loads(spec.to_json())
+    del old["quantization"]  # a model exported before INT8 existed
+    assert ModelSpec.from_json(json.dumps(old)).precision == "fp32"
+
+
+def test_export_refuses_int8_that_misses_the_limits_and_writes_nothing(
+        tiny_onnx_model: Path, lesion_folder: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "strict.int8.onnx"
+    code = int8.main([str(tiny_onnx_model), "-o", str(output), "--calibration-images",
+                      str(lesion_folder), "--calibration-size", str(CALIBRATION),
+                      "--calibration-method", "minmax", "--held-out-images", str(HELD_OUT),
+                      "--max-p99-delta", "0", "--max-flip-rate", "1", "--max-auc-change", "1"])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert error.startswith("error: INT8 model refused") and "p99 |Δp|" in error
+    assert error.count("\n") == 1
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_to_onnx_int8_flag_writes_both_models(tmp_path: Path, lesion_folder: Path,
+                                              tiny_checkpoint: Path) -> None:
+    output = tmp_path / "both.onnx"
+    assert to_onnx.main([str(tiny_checkpoint), "-o", str(output), "--int8",
+                         "--calibration-images", str(lesion_folder), "--calibration-size",
+                         str(CALIBRATION), "--calibration-method", "minmax",
+                         "--held-out-images", "8", "--accept-low-fidelity"]) == 0
+    assert read_spec_file(output).precision == "fp32"
+    assert read_spec_file(tmp_path / "both.int8.onnx").precision == "int8"
+
+
+def test_served_int8_model_says_so_with_its_fidelity(int8_model: int8.Int8Result,
+                                                     lesion_jpeg_bytes: bytes) -> None:
+    from io import BytesIO
+
+    from webapp.app import create_app
+
+    app = create_app({"TESTING": True, "MODEL_PATH": str(int8_model.output),
+                      "WTF_CSRF_ENABLED": False})
+    client = app.test_client()
+    answer = client.post("/api/v1/predict", data={
+        "image": (BytesIO(lesion_jpeg_bytes), "lesion.jpg")}).get_json()
+    assert answer["model"]["precision"] == "int8"
+    fidelity = answer["model"]["fidelity_vs_fp32"]
+    assert fidelity["images"] == HELD_OUT and "p99_abs_delta" in fidelity
+    assert client.get("/api/v1/model").get_json()["quantization"]["precision"] == "int8"
+    page = client.get("/").get_data(as_text=True)
+    assert "INT8" in page and f"on {HELD_OUT} held-out images" in page
