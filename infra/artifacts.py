@@ -75,8 +75,8 @@ def build_bundle(source_dir: Path, out_dir: Path, stack_name: str) -> Artifact:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "app.tar.gz"
     with (
-        path.open("wb") as handle,
-        gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="") as gz,
+        path.open("wb") as archive,
+        gzip.GzipFile(fileobj=archive, mode="wb", mtime=0, filename="") as gz,
     ):
         gz.write(raw.getvalue())
     digest = sha256_file(path)
