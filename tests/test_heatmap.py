@@ -30,6 +30,7 @@ def test_merge_undoes_each_view_then_averages() -> None:
 
 def test_normalise_scales_the_peak_to_one_and_keeps_an_empty_map_empty() -> None:
     np.testing.assert_allclose(heatmap.normalise(np.array([[0.5, 2.0]])), [[0.25, 1.0]])
+    np.testing.assert_allclose(heatmap.normalise(np.array([[0.1, 0.4]])), [[0.25, 1.0]])
     assert not heatmap.normalise(np.zeros((2, 2))).any()
 
 
@@ -57,7 +58,16 @@ def test_png_round_trips_in_rgb_order() -> None:
 
 @pytest.mark.parametrize("opacity", [0.25, 0.75])
 def test_opacity_mixes_image_and_colour(opacity: float) -> None:
-    image = np.zeros((8, 8, 3), np.uint8)
-    full = heatmap.overlay(image, np.ones((2, 2), np.float32), opacity=1.0).astype(float)
+    image = np.full((8, 8, 3), 200, np.uint8)
+    colour = heatmap.overlay(image, np.ones((2, 2), np.float32), opacity=1.0).astype(float)
     mixed = heatmap.overlay(image, np.ones((2, 2), np.float32), opacity=opacity)
-    np.testing.assert_allclose(mixed, np.round(full * opacity), atol=1)
+    np.testing.assert_allclose(mixed, np.round(200 * (1 - opacity) + colour * opacity),
+                               atol=1)
+
+
+def test_out_of_range_evidence_is_clipped_not_wrapped_around() -> None:
+    image = np.full((16, 16, 3), 100, np.uint8)
+    np.testing.assert_array_equal(heatmap.overlay(image, np.full((2, 2), 3.0, np.float32)),
+                                  heatmap.overlay(image, np.ones((2, 2), np.float32)))
+    np.testing.assert_array_equal(heatmap.overlay(image, np.full((2, 2), -3.0, np.float32)),
+                                  heatmap.overlay(image, np.zeros((2, 2), np.float32)))

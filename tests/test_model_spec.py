@@ -97,6 +97,8 @@ def test_sigmoid_and_softmax_probabilities() -> None:
                                .melanoma_probabilities(pairs), expected, atol=1e-12)
     np.testing.assert_allclose(melanoma_probabilities(pairs, "softmax", 0), 1 - expected,
                                atol=1e-12)
+    np.testing.assert_allclose(_spec().melanoma_probabilities(logits),
+                               melanoma_probabilities(logits, "sigmoid", 0))
 
 
 def test_json_round_trip_keeps_every_field_and_marks_trained() -> None:
@@ -105,6 +107,7 @@ def test_json_round_trip_keeps_every_field_and_marks_trained() -> None:
     data = json.loads(spec.to_json())
     assert data["trained"] is False and data["labels"] == ["a", "b"]
     assert ModelSpec.from_json(spec.to_json()) == spec
+    assert list(data) == sorted(data), "the same spec always serialises to the same bytes"
     assert spec.as_dict() == data
     assert _spec().trained is True
     assert _spec().display_name == "melanoma-resnest 0 (resnest50_fast_4s1x64d, 128px)"
@@ -131,8 +134,11 @@ def test_spec_and_cam_weights_travel_in_metadata() -> None:
     decoded, bias = decode_cam_weights(encode_cam_weights(weights, -0.25))
     np.testing.assert_array_equal(decoded, weights)
     assert bias == -0.25 and decoded.dtype == np.float32
-    with pytest.raises(SpecError, match="CAM weights in the model are unreadable"):
-        decode_cam_weights('{"bias": 0}')
+    as_double, _ = decode_cam_weights(encode_cam_weights(weights.astype(np.float64), 0.0))
+    np.testing.assert_array_equal(as_double, weights)
+    for broken in ('{"bias": 0}', '{"bias": 0, "weights_f32le_b64": "AAAA*AAA"}'):
+        with pytest.raises(SpecError, match="CAM weights in the model are unreadable"):
+            decode_cam_weights(broken)
 
 
 def test_replace_revalidates() -> None:

@@ -73,5 +73,6 @@ def test_bad_triples_are_refused(value: Any, message: str) -> None:
                                             (0, "strictly between 0 and 1"),
                                             (1, "strictly between 0 and 1")])
 def test_bad_thresholds_are_refused(value: Any, message: str) -> None:
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(ExportError, match=message) as caught:
         resolve({}, {"threshold": value})
+    assert str(caught.value).startswith("checkpoint hyper_parameters['threshold']: ")
