@@ -71,3 +71,30 @@ def test_the_pixel_limit_is_inclusive_and_named_in_megapixels() -> None:
         decode_image(data, max_pixels=1_999_999)
     assert (caught.value.code, caught.value.status) == ("image_too_large", 413)
     assert caught.value.message == ("the image is 2000x1000 pixels (2 MP); the limit is 2 MP")
+
+
+def test_an_empty_upload_is_a_400_with_its_own_code() -> None:
+    with pytest.raises(InvalidImage) as caught:
+        decode_image(b"")
+    assert (caught.value.code, caught.value.status) == ("empty_image", 400)
+
+
+def test_sixteen_bit_values_scale_exactly_to_eight_bit() -> None:
+    deep = np.zeros((40, 40, 3), np.uint16)
+    deep[..., 0], deep[..., 1], deep[..., 2] = 65535, 257 * 100, 300
+    decoded = decode_image(images.encode(deep, ".png"))
+    np.testing.assert_array_equal(decoded[0, 0], [255, 100, 1])
+
+
+def test_half_transparent_pixels_blend_with_white() -> None:
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., 3] = 102  # 40 % opaque black over white
+    decoded = decode_image(images.encode(rgba, ".png"))
+    np.testing.assert_array_equal(decoded[0, 0], [153, 153, 153])
+
+
+def test_a_truncated_upload_has_its_own_code() -> None:
+    data = images.encode(PHOTO, ".jpg")
+    with pytest.raises(InvalidImage) as caught:
+        decode_image(data[: len(data) // 2])
+    assert caught.value.code == "truncated_image"
