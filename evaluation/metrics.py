@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 @dataclass(frozen=True)
@@ -25,22 +26,9 @@ def roc_auc(targets: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nd
     positives, negatives = int(y.sum()), int((~y).sum())
     if positives == 0 or negatives == 0:
         raise ValueError("ROC AUC needs at least one positive and one negative")
-    ranks = _average_ranks(s)
+    # Mann-Whitney U over average ranks: ties between a positive and a negative count half.
+    ranks = rankdata(s, method="average")
     return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ordered = values[order]
-    ranks = np.empty(len(values), dtype=np.float64)
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and ordered[end + 1] == ordered[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2.0 + 1.0
-        start = end + 1
-    return ranks
 
 
 def bootstrap_auc_interval(targets: Sequence[int] | np.ndarray,
@@ -56,12 +44,16 @@ def bootstrap_auc_interval(targets: Sequence[int] | np.ndarray,
     s = np.asarray(scores, dtype=np.float64)
     rng = np.random.default_rng(seed)
     keys = np.asarray(groups if groups is not None and all(groups) else range(len(y)))
-    units, members = np.unique(keys, return_inverse=True)
-    index_of = [np.flatnonzero(members == u) for u in range(len(units))]
+    _, members, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    # Rows sorted by unit: unit u owns by_unit[starts[u]:starts[u] + counts[u]].
+    by_unit = np.argsort(members, kind="stable")
+    starts = np.cumsum(counts) - counts
     values = []
     for _ in range(resamples):
-        chosen = rng.integers(0, len(units), len(units))
-        rows = np.concatenate([index_of[u] for u in chosen])
+        chosen = rng.integers(0, len(counts), len(counts))
+        sizes = counts[chosen]
+        first = np.cumsum(sizes) - sizes
+        rows = by_unit[np.repeat(starts[chosen] - first, sizes) + np.arange(sizes.sum())]
         if 0 < y[rows].sum() < len(rows):  # a resample with one class has no AUC
             values.append(roc_auc(y[rows], s[rows]))
     if not values:

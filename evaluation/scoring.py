@@ -1,13 +1,19 @@
-"""Score image files through the server's own path: decode, Classifier.predict per policy."""
+"""Score image files through the server's own path: decode, then Classifier.predict.
+
+Each image is decoded once and run once, with the widest TTA policy asked for; the
+narrower policies are merged from the same per-view probabilities, since every policy's
+views are among the widest policy's (the identity view is never run twice).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
-from webapp import preprocess
+from webapp import preprocess, tta
 from webapp.classifier import Classifier
 from webapp.errors import InvalidImage
 
@@ -33,16 +39,23 @@ def open_classifier(model_path: Path) -> Classifier:
 
 def score_files(classifier: Classifier, images: Sequence[tuple[str, Path]],
                 policies: Iterable[str], progress: bool = True) -> Scores:
-    """Run every image through `predict` once per policy, with a progress bar on stderr."""
+    """Every image's probability under each policy, with a progress bar on stderr."""
     policies = tuple(policies)
+    widest = max(policies, key=lambda policy: len(tta.views_for(policy)))
+    names = {policy: [view.name for view in tta.views_for(policy)] for policy in policies}
+    run = set(names[widest])
+    if not all(run.issuperset(views) for views in names.values()):
+        raise ValueError(f"the views of {', '.join(policies)} are not all in {widest!r}")
     results: dict[str, list[float]] = {policy: [] for policy in policies}
     for _, path in tqdm(images, desc="scoring", unit="image", disable=not progress):
         try:
             image = preprocess.decode_image(path.read_bytes())
         except InvalidImage as error:
             raise ScoringError(f"{path}: {error}") from None
+        by_view = dict(classifier.predict(image, widest).views)
         for policy in policies:
-            results[policy].append(classifier.predict(image, policy).probability)
+            results[policy].append(tta.merge_probabilities(
+                np.array([by_view[name] for name in names[policy]])))
     return Scores(tuple(name for name, _ in images),
                   {policy: tuple(values) for policy, values in results.items()})
 

@@ -92,8 +92,8 @@ def build_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "app.tar.gz"
     with (
-        path.open("wb") as handle,
-        gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="") as gz,
+        path.open("wb") as archive,
+        gzip.GzipFile(fileobj=archive, mode="wb", mtime=0, filename="") as gz,
     ):
         gz.write(raw.getvalue())
     digest = sha256_file(path)

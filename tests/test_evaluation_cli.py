@@ -167,3 +167,29 @@ def test_probabilities_vary_between_images(tiny_onnx_model: Path,
           "--output", str(submission), "--quiet"])
     scores = np.array([float(r["target"]) for r in csv.DictReader(submission.open())])
     assert np.all((scores > 0) & (scores < 1)) and scores.std() > 1e-4
+
+
+def test_scoring_decodes_and_runs_each_image_once_for_every_policy(
+        tiny_onnx_model: Path, labelled_set: tuple[Path, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluation import scoring
+
+    _, folder = labelled_set
+    files = [(name, next(folder.glob(f"{name}.*"))) for name in NAMES[:4]]
+    classifier = Classifier(tiny_onnx_model)
+    batches: list[int] = []
+    decodes: list[int] = []
+    run_batch, decode = classifier.run_batch, preprocess.decode_image
+    monkeypatch.setattr(classifier, "run_batch",
+                        lambda batch: batches.append(len(batch)) or run_batch(batch))
+    monkeypatch.setattr(preprocess, "decode_image",
+                        lambda data, *a: decodes.append(1) or decode(data, *a))
+    scores = scoring.score_files(classifier, files, ["none", "flips", "dihedral"],
+                                 progress=False)
+    assert batches == [8] * 4 and len(decodes) == 4
+    monkeypatch.undo()
+    for (_, path), none, flips in zip(files, scores.by_policy["none"],
+                                      scores.by_policy["flips"], strict=True):
+        image = preprocess.decode_image(path.read_bytes())
+        assert none == pytest.approx(classifier.predict(image, "none").probability, abs=1e-6)
+        assert flips == pytest.approx(classifier.predict(image, "flips").probability, abs=1e-6)

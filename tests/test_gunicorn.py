@@ -53,5 +53,7 @@ def test_gunicorn_refuses_to_start_with_one_clear_line(
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert f"error: refusing to start: {expected}" in output or expected in output
+    refusals = [line for line in output.splitlines()
+                if line.startswith("error: refusing to start: ")]
+    assert len(refusals) == 1 and expected in refusals[0], output
     assert "Traceback" not in output

@@ -34,9 +34,12 @@ def test_bucket_allows_a_burst_then_refills_at_the_rate() -> None:
 
 def test_limiter_forgets_the_oldest_clients_past_its_bound() -> None:
     limiter = RateLimiter(per_minute=1, clock=FakeClock())
-    for client in range(MAX_CLIENTS + 50):
-        limiter.acquire(str(client))
-    assert len(limiter._buckets) == MAX_CLIENTS
+    clients = [str(client) for client in range(MAX_CLIENTS + 50)]
+    assert all(limiter.acquire(client) == 0 for client in clients)
+    # Still remembered, so still limited; forgotten, so served with a fresh bucket.
+    assert limiter.acquire(clients[-1]) > 0
+    assert limiter.acquire(clients[50]) > 0
+    assert limiter.acquire(clients[0]) == 0
 
 
 def _limited_app(model: Path, per_minute: int, **extra: object) -> Flask:

@@ -29,16 +29,6 @@ def normalise(cam: np.ndarray) -> np.ndarray:
     return cam / peak if peak > 0 else np.zeros_like(cam)
 
 
-def overlay(image_rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.45) -> np.ndarray:
-    """Blend a [0, 1] map, upsampled to the image, over it with a blue-to-red colour scale."""
-    height, width = image_rgb.shape[:2]
-    resized = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
-    levels = (np.clip(resized, 0.0, 1.0) * 255).astype(np.uint8)
-    colour = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    blended = image_rgb.astype(np.float32) * (1 - opacity) + colour.astype(np.float32) * opacity
-    return blended.round().astype(np.uint8)
-
-
 def encode_png(image_rgb: np.ndarray) -> bytes:
     ok, buffer = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
     if not ok:

@@ -166,7 +166,8 @@ class ModelSpec:
             raise SpecError(f"model spec is incomplete: {error}") from None
 
     def as_dict(self) -> dict[str, Any]:
-        return json.loads(self.to_json())
+        data: dict[str, Any] = json.loads(self.to_json())
+        return data
 
 
 def _problems(spec: ModelSpec) -> list[str]:
@@ -208,11 +209,14 @@ def class_count(output_kind: OutputKind) -> int:
 def melanoma_probabilities(logits: np.ndarray, output_kind: OutputKind,
                            melanoma_index: int) -> np.ndarray:
     """Melanoma probability per row of logits: sigmoid of one logit, or softmax's class."""
-    logits = np.asarray(logits, dtype=np.float64)
+    values = np.asarray(logits, dtype=np.float64)
+    probabilities: np.ndarray
     if output_kind == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits[:, 0]))
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp[:, melanoma_index] / exp.sum(axis=1)
+        probabilities = 1.0 / (1.0 + np.exp(-values[:, 0]))
+    else:
+        exp = np.exp(values - values.max(axis=1, keepdims=True))
+        probabilities = exp[:, melanoma_index] / exp.sum(axis=1)
+    return probabilities
 
 
 def encode_cam_weights(weights: np.ndarray, bias: float) -> str:

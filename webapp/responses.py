@@ -40,6 +40,11 @@ def error_response(status: int, code: str, message: str,
     return response
 
 
+def _size(limit: int) -> str:
+    mib = 1024 * 1024
+    return f"{limit // mib} MB" if limit >= mib else f"{limit // 1024} KB"
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(ClientError)
     def _client_error(error: ClientError) -> Response:
@@ -61,7 +66,7 @@ def init_app(app: Flask) -> None:
         status = error.code or 500
         message = _FRIENDLY.get(status, error.description or "Request failed.")
         if status == 413:
-            limit = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
-            message = f"The upload is larger than the {limit} MB this server accepts."
+            message = (f"The upload is larger than the {_size(app.config['MAX_CONTENT_LENGTH'])} "
+                       "this server accepts.")
         code = (error.name or "error").lower().replace(" ", "_")
         return error_response(status, code, message)

@@ -135,7 +135,7 @@ def service_of(app: Flask) -> PredictionService:
 
 def current_service() -> PredictionService:
     """The prediction service of the app handling the current request."""
-    return service_of(current_app)  # type: ignore[arg-type]
+    return service_of(current_app)
 
 
 def _ms(start: float, end: float) -> float:
