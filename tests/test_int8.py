@@ -127,6 +127,9 @@ def test_served_int8_model_says_so_with_its_fidelity(int8_model: int8.Int8Result
     assert answer["model"]["precision"] == "int8"
     fidelity = answer["model"]["fidelity_vs_fp32"]
     assert fidelity["images"] == HELD_OUT and "p99_abs_delta" in fidelity
-    assert client.get("/api/v1/model").get_json()["quantization"]["precision"] == "int8"
+    described = client.get("/api/v1/model").get_json()
+    assert described["precision"] == "int8"
+    assert described["fidelity_vs_fp32"] == fidelity
+    assert "calibration_source" not in str(described)  # a path on the exporting machine
     page = client.get("/").get_data(as_text=True)
     assert "INT8" in page and f"on {HELD_OUT} held-out images" in page

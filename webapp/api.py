@@ -41,8 +41,10 @@ def patient() -> Response:
 
 @bp.get("/model")
 def model() -> Response:
-    spec = current_service().spec.as_dict()
-    return jsonify({name: spec[name] for name in PUBLIC_SPEC_FIELDS if name in spec})
+    spec = current_service().spec
+    fields = spec.as_dict()
+    public = {name: fields[name] for name in PUBLIC_SPEC_FIELDS if name in fields}
+    return jsonify({**public, **results.precision_block(spec)})
 
 
 @bp.get("/openapi.json")
