@@ -145,14 +145,15 @@ class Head:
 
 
 def read_head(state_dict: Mapping[str, torch.Tensor]) -> Head:
-    weight = next((state_dict[k] for k in _HEAD_KEYS if k in state_dict), None)
-    if weight is None or weight.ndim != 2:
+    key = next((k for k in _HEAD_KEYS if k in state_dict), None)
+    if key is None or state_dict[key].ndim != 2:
         raise ExportError("checkpoint has no classifier head: no 2-D "
                           f"{' or '.join(_HEAD_KEYS)} after normalising prefixes")
-    classes, channels = weight.shape
+    classes, channels = state_dict[key].shape
     if classes not in (1, 2):
-        raise ExportError(f"unsupported head: the classifier has {classes} outputs; expected "
-                          "1 (sigmoid melanoma logit) or 2 (softmax, melanoma = index 1)")
+        raise ExportError(f"unsupported head: {key.removesuffix('.weight')} has {classes} "
+                          "outputs; expected 1 (sigmoid melanoma logit) or 2 (softmax, "
+                          "melanoma = index 1)")
     return Head(num_classes=int(classes), feature_channels=int(channels))
 
 

@@ -158,8 +158,8 @@ def _no_leftovers(directory: Path) -> list[str]:
     ("missing", "checkpoint not found"),
     ("not_a_checkpoint", "not a PyTorch checkpoint"),
     ("corrupt_zip", "corrupt or truncated"),
-    ("wrong_arch", "does not fit resnest50_fast_4s1x64d: .*missing keys.*looks like "
-                   "resnest14_fast_4s1x64d"),
+    ("wrong_arch", "does not fit resnest package resnest50_fast_4s1x64d: .*missing keys.*"
+                   "looks like resnest package resnest14_fast_4s1x64d"),
     ("unsupported_head", "unsupported head: fc has 5 outputs"),
     ("unknown_net", "matches no known architecture; closest is"),
 ])
