@@ -76,17 +76,20 @@ def check_cam_head(network: Network, input_size: int) -> float:
     Returns the largest logit difference; raises for heads that pool or transform otherwise
     (the server's heatmap and its load-time check rely on it).
     """
+    label = network.architecture.label
     image = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(1))
+    classifier = classifier_of(network.module)
     with torch.inference_mode():
         logits, features = LogitsAndFeatures(network.module).eval()(image)
         direct = network.module(image)
-        pooled = classifier_of(network.module)(features.mean(dim=(2, 3)))
-    if features.ndim != 4:
-        raise ExportError(f"{network.architecture.label}'s features are not a 2-D map "
-                          f"(shape {tuple(features.shape)})")
+        if features.ndim != 4 or features.shape[1] != network.head.feature_channels:
+            raise ExportError(f"{label}'s head is not global average pooling + one linear "
+                              f"layer: its feature map {tuple(features.shape)} does not feed "
+                              f"the {network.head.feature_channels}-input classifier")
+        pooled = classifier(features.mean(dim=(2, 3)))
     gap = max(float((logits - direct).abs().max()), float((pooled - direct).abs().max()))
     if gap > _HEAD_TOLERANCE * max(1.0, float(direct.abs().max())):
-        raise ExportError(f"{network.architecture.label}'s head is not global average pooling + "
+        raise ExportError(f"{label}'s head is not global average pooling + "
                           f"one linear layer (logits differ by {gap:.2e}); its heatmap cannot "
                           "be computed from the feature map")
     return gap

@@ -1,4 +1,4 @@
-"""timm families beside the resnest package: detection, naming, ambiguity, parity and the heatmap."""
+"""timm families beside the resnest package: detection, naming, ambiguity, parity, heatmap."""
 from __future__ import annotations
 
 from pathlib import Path

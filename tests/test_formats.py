@@ -199,6 +199,7 @@ def test_real_lightning_trainer_checkpoint_exports_with_parity(tmp_path: Path) -
     data = torch.utils.data.TensorDataset(torch.randn(4, 3, SIZE, SIZE),
                                           torch.tensor([0.0, 1.0, 0.0, 1.0]))
     module = Melanoma(arch=ARCH, image_size=SIZE)
+    module.train()
     trainer = lightning.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False,
                                 default_root_dir=str(tmp_path), enable_progress_bar=False,
                                 enable_model_summary=False)
