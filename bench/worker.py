@@ -84,7 +84,8 @@ def run_torch(args: argparse.Namespace, batched: bool) -> dict[str, Any]:
     from webapp.model_spec import melanoma_probabilities, read_spec_file
 
     spec = read_spec_file(args.model)  # the same preprocessing numbers the server uses
-    network = load_network(args.checkpoint, spec.architecture,
+    # Any: torch's stubs omit Module.to(memory_format=...), which the layout trial uses.
+    network: Any = load_network(args.checkpoint, spec.architecture,
                            library=spec.architecture_library or None,
                            prefer_ema=spec.checkpoint_weights != "raw").module
     data = args.image.read_bytes()

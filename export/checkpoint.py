@@ -13,7 +13,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -31,7 +31,8 @@ _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _STEM_KEYS = ("conv1.0.weight", "conv1.weight", "conv_stem.weight")
 _HEAD_KEYS = ("fc.weight", "classifier.weight")
 # timm's train.py saves its argparse namespace; it holds only plain values.
-_SAFE_EXTRA_GLOBALS = [argparse.Namespace]
+_SAFE_EXTRA_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+    argparse.Namespace]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from resnest.torch.resnet import ResNet
@@ -31,8 +32,9 @@ class LogitsAndFeatures(torch.nn.Module):
             x = net.maxpool(net.relu(net.bn1(net.conv1(image))))
             features = net.layer4(net.layer3(net.layer2(net.layer1(x))))
             return net.fc(torch.flatten(net.avgpool(features), 1)), features
-        features = net.forward_features(image)
-        return net.forward_head(features), features
+        timm_net: Any = net
+        features = timm_net.forward_features(image)
+        return timm_net.forward_head(features), features
 
 
 def classifier_of(network: torch.nn.Module) -> torch.nn.Module:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from webapp.tta import views_for
 TOLERANCE = 1e-4
 
 
-def _timm(name: str, num_classes: int = 1, seed: int = 0) -> torch.nn.Module:
+def _timm(name: str, num_classes: int = 1, seed: int = 0) -> Any:
     torch.manual_seed(seed)
     model = import_timm().create_model(name, pretrained=False, num_classes=num_classes)
     with torch.no_grad():
