@@ -1,6 +1,7 @@
 """Compare an exported model with the network that produced its checkpoint, on the same images."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -42,7 +43,21 @@ def export(checkpoint: Path, output: Path, *args: str) -> ModelSpec:
 
 
 def max_probability_gap(model: Path, network: torch.nn.Module, size: int) -> float:
+    """Largest |Δ melanoma probability| between the export and the producer's network.
+
+    With PARITY_LOG set, each measurement is appended there as a JSON line (the README's
+    "Bring your own checkpoint" table comes from such a run).
+    """
     images = random_images(size)
     spec = read_spec_file(model)
-    return float(np.abs(onnx_probabilities(model, images)
-                        - torch_probabilities(network, images, spec)).max())
+    gap = float(np.abs(onnx_probabilities(model, images)
+                       - torch_probabilities(network, images, spec)).max())
+    if os.environ.get("PARITY_LOG"):
+        record = {"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+                  "architecture": spec.architecture_label, "format": spec.checkpoint_format,
+                  "weights": spec.checkpoint_weights, "input_size": size,
+                  "max_abs_dp_vs_producer": gap,
+                  "max_abs_dp_export_check": spec.parity["max_abs_diff_probability"]}
+        with open(os.environ["PARITY_LOG"], "a") as log:
+            log.write(json.dumps(record) + "\n")
+    return gap
