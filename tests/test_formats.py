@@ -7,6 +7,7 @@ compares the exported model's probabilities with that tool's own network on the 
 from __future__ import annotations
 
 import argparse
+import json
 import copy
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,38 @@ def _lightning() -> Any:
     import lightning.pytorch
 
     return lightning.pytorch
+
+
+@pytest.mark.parametrize("flags, hparams, expected", [
+    ({}, {}, ("bilinear", "default")),
+    ({}, {"interp": "bicubic"}, ("bicubic", "checkpoint hyper_parameters['interp']")),
+    ({}, {"interpolation": "area", "interp": "bicubic"},
+     ("area", "checkpoint hyper_parameters['interpolation']")),
+    ({"interpolation": "nearest"}, {"interpolation": "area"}, ("nearest", "flag")),
+])
+def test_interpolation_comes_from_the_flag_then_timm_names_then_the_default(
+        flags: dict[str, str], hparams: dict[str, str], expected: tuple[str, str]) -> None:
+    from export.settings import resolve
+
+    resolved = resolve(flags, hparams)["interpolation"]
+    assert (resolved.value, resolved.source) == expected
+
+
+def test_an_interpolation_the_server_cannot_do_is_refused() -> None:
+    from export.errors import ExportError
+    from export.settings import resolve
+
+    with pytest.raises(ExportError, match="'lanczos' is not one of bilinear, area"):
+        resolve({}, {"interpolation": "lanczos"})
+
+
+def test_models_exported_before_the_library_fields_still_load() -> None:
+    from webapp.model_spec import ModelSpec
+
+    old = ModelSpec(architecture="resnest50", input_size=128, output_kind="sigmoid",
+                    melanoma_index=0, checkpoint_sha256="0" * 64, demo=False).as_dict()
+    for field in ("architecture_library", "architecture_aliases", "checkpoint_weights"):
+        del old[field]
+    spec = ModelSpec.from_json(json.dumps(old))
+    assert (spec.architecture_label, spec.checkpoint_weights) == ("resnest50", "")
+    assert "resnest50," in spec.display_name
