@@ -256,4 +256,16 @@ def test_models_exported_before_the_library_fields_still_load() -> None:
         del old[field]
     spec = ModelSpec.from_json(json.dumps(old))
     assert (spec.architecture_label, spec.checkpoint_weights) == ("resnest50", "")
-    assert "resnest50," in spec.display_name
+    assert "(resnest50, 128px)" in spec.display_name
+
+
+def test_page_and_api_name_the_architecture_with_its_library(
+        client: Any, lesion_jpeg_bytes: bytes) -> None:
+    import io
+
+    page = client.post("/predict", data={"image": (io.BytesIO(lesion_jpeg_bytes), "l.jpg")},
+                       content_type="multipart/form-data").get_data(as_text=True)
+    assert "resnest14_fast_4s1x64d (resnest)" in page
+    model = client.get("/api/v1/model").get_json()
+    assert (model["architecture"], model["architecture_library"]) == (
+        "resnest14_fast_4s1x64d", "resnest")

@@ -85,7 +85,7 @@ class ModelSpec:
 
     @property
     def display_name(self) -> str:
-        return f"{self.name} {self.version} ({self.architecture_label}, {self.input_size}px)"
+        return f"{self.name} {self.version} ({self.architecture}, {self.input_size}px)"
 
     def to_json(self) -> str:
         data = asdict(self)
