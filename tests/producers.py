@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,3 +62,27 @@ def max_probability_gap(model: Path, network: torch.nn.Module, size: int) -> flo
         with open(os.environ["PARITY_LOG"], "a") as log:
             log.write(json.dumps(record) + "\n")
     return gap
+
+
+def spread_weights(model: torch.nn.Module, size: int = 32, seed: int = 0) -> torch.nn.Module:
+    """Make a randomly initialised network's outputs vary, so parity means something.
+
+    timm initialises some norm layers near zero (EfficientNet's features start around 1e-6),
+    which would make every probability 0.5 and any export look exact.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):  # noqa: SLF001
+                layer.weight.copy_(0.5 + torch.rand(layer.weight.shape, generator=generator))
+                layer.bias.copy_(0.2 * torch.randn(layer.bias.shape, generator=generator))
+        model.eval()
+        head: Any = model.get_classifier()  # type: ignore[operator]
+        pooled = model.forward_features(  # type: ignore[operator]
+            torch.randn(8, 3, size, size, generator=generator)).mean(dim=(2, 3))
+        # Scaled to how images differ, centred on the average image: logits of about ±1.
+        centre = pooled.mean(dim=0)
+        scale = float((pooled - centre).std()) * pooled.shape[1] ** 0.5
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / scale)
+        head.bias.copy_(-head.weight @ centre)
+    return model

@@ -13,7 +13,7 @@ from export.demo import write_lightning_checkpoint
 from export.errors import ExportError
 from export.timm_runtime import import_timm
 from tests import images
-from tests.producers import export, max_probability_gap
+from tests.producers import export, max_probability_gap, spread_weights
 from webapp import preprocess
 from webapp.classifier import Classifier
 from webapp.tta import views_for
@@ -24,9 +24,7 @@ TOLERANCE = 1e-4
 def _timm(name: str, num_classes: int = 1, seed: int = 0) -> Any:
     torch.manual_seed(seed)
     model = import_timm().create_model(name, pretrained=False, num_classes=num_classes)
-    with torch.no_grad():
-        model.get_classifier().weight.normal_(0.0, 0.5)
-    return model.eval()
+    return spread_weights(model, seed=seed)
 
 
 def _meta_state(name: str) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 
 from export.checkpoint import load_checkpoint
 from export.timm_runtime import import_timm
-from tests.producers import export, max_probability_gap
+from tests.producers import export, max_probability_gap, spread_weights
 
 ARCH = "resnest14d"  # timm's smallest ResNeSt; detected from its weights alone
 SIZE = 32
@@ -27,9 +27,7 @@ TOLERANCE = 1e-4
 def _timm_model(num_classes: int = 1, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = import_timm().create_model(ARCH, pretrained=False, num_classes=num_classes)
-    with torch.no_grad():  # a head large enough that probabilities move between images
-        model.get_classifier().weight.normal_(0.0, 0.5)
-    return model.eval()
+    return spread_weights(model, SIZE, seed)
 
 
 def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
