@@ -65,22 +65,27 @@ def max_probability_gap(model: Path, network: torch.nn.Module, size: int) -> flo
 
 
 def spread_weights(model: torch.nn.Module, size: int = 32, seed: int = 0) -> torch.nn.Module:
-    """Make a randomly initialised network's outputs vary, so parity means something.
+    """Make a randomly initialised network behave like a trained one: normalised activations.
 
-    timm initialises some norm layers near zero (EfficientNet's features start around 1e-6),
-    which would make every probability 0.5 and any export look exact.
+    timm initialises some layers near zero (EfficientNet's features start around 1e-6), so
+    every probability would be 0.5 and any export would look exact. Setting the norm layers'
+    statistics from random images, then a unit-scale head, spreads the probabilities.
     """
     generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):  # noqa: SLF001
-                layer.weight.copy_(0.5 + torch.rand(layer.weight.shape, generator=generator))
-                layer.bias.copy_(0.2 * torch.randn(layer.bias.shape, generator=generator))
+        for layer in norms:
+            layer.reset_running_stats()
+            layer.momentum = None  # a plain average over the calibration batches
+            layer.weight.copy_(0.5 + torch.rand(layer.weight.shape, generator=generator))
+            layer.bias.copy_(0.2 * torch.randn(layer.bias.shape, generator=generator))
+        model.train()
+        for _ in range(2):
+            model(torch.randn(8, 3, size, size, generator=generator))
         model.eval()
         head: Any = model.get_classifier()  # type: ignore[operator]
         pooled = model.forward_features(  # type: ignore[operator]
             torch.randn(8, 3, size, size, generator=generator)).mean(dim=(2, 3))
-        # Scaled to how images differ, centred on the average image: logits of about ±1.
         centre = pooled.mean(dim=0)
         scale = float((pooled - centre).std()) * pooled.shape[1] ** 0.5
         head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / scale)

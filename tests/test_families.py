@@ -21,10 +21,10 @@ from webapp.tta import views_for
 TOLERANCE = 1e-4
 
 
-def _timm(name: str, num_classes: int = 1, seed: int = 0) -> Any:
+def _timm(name: str, num_classes: int = 1, seed: int = 0, size: int = 32) -> Any:
     torch.manual_seed(seed)
     model = import_timm().create_model(name, pretrained=False, num_classes=num_classes)
-    return spread_weights(model, seed=seed)
+    return spread_weights(model, size, seed)
 
 
 def _meta_state(name: str) -> dict[str, torch.Tensor]:
@@ -95,7 +95,8 @@ def test_ambiguous_checkpoint_is_one_line_naming_each_candidate(
 def test_a_head_that_is_not_pooling_plus_one_linear_layer_is_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     checkpoint = tmp_path / "mnv3.pth"
-    torch.save(_timm("mobilenetv3_small_050").state_dict(), checkpoint)
+    model = import_timm().create_model("mobilenetv3_small_050", pretrained=False, num_classes=1)
+    torch.save(model.state_dict(), checkpoint)
     code = to_onnx.main([str(checkpoint), "-o", str(tmp_path / "m.onnx"), "--arch",
                          "mobilenetv3_small_050", "--input-size", "32"])
     err = capsys.readouterr().err
@@ -123,7 +124,7 @@ def test_networks_listed_as_one_compute_the_same_function(pair: tuple[str, str])
 
 
 def test_cam_equals_autograd_grad_cam_on_a_timm_efficientnet(tmp_path: Path) -> None:
-    model = _timm("efficientnet_b0", seed=3)
+    model = _timm("efficientnet_b0", seed=3, size=64)
     checkpoint = tmp_path / "b0.pth"
     torch.save(model.state_dict(), checkpoint)
     export(checkpoint, tmp_path / "b0.onnx", "--arch", "efficientnet_b0", "--input-size", "64")
@@ -161,7 +162,7 @@ def test_registry_tensor_counts_match_timm() -> None:
 ])
 def test_full_size_export_per_family(tmp_path: Path, name: str,
                                      hparams: dict[str, object]) -> None:
-    model = _timm(name)
+    model = _timm(name, size=128)
     checkpoint = write_lightning_checkpoint(tmp_path / f"{name}.ckpt", model.state_dict(),
                                             {**hparams, "image_size": 128})
     spec = export(checkpoint, tmp_path / f"{name}.onnx")

@@ -31,12 +31,8 @@ def _timm_model(num_classes: int = 1, seed: int = 0) -> torch.nn.Module:
 
 
 def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    other = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in other.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return other.eval()
+    """Other weights of the same network (new norm layers and head), outputs still spread."""
+    return spread_weights(copy.deepcopy(model), SIZE, seed)
 
 
 def test_timm_checkpoint_saver_prefers_ema_weights_and_reads_its_args(
