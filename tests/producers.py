@@ -77,7 +77,7 @@ def spread_weights(model: torch.nn.Module, size: int = 32, seed: int = 0) -> tor
         for layer in norms:
             layer.reset_running_stats()
             layer.momentum = None  # a plain average over the calibration batches
-            layer.weight.copy_(0.5 + torch.rand(layer.weight.shape, generator=generator))
+            layer.weight.copy_(0.3 + 0.4 * torch.rand(layer.weight.shape, generator=generator))
             layer.bias.copy_(0.2 * torch.randn(layer.bias.shape, generator=generator))
         model.train()
         for _ in range(2):
