@@ -90,16 +90,15 @@ def run_torch(args: argparse.Namespace, batched: bool) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    from export.architectures import ARCHITECTURES
-    from export.checkpoint import load_checkpoint
+    from export.network import load_network
     from webapp import preprocess, tta
     from webapp.model_spec import read_spec_file
 
     spec = read_spec_file(args.model)  # the same preprocessing numbers the server uses
-    loaded = load_checkpoint(args.checkpoint)
-    network = ARCHITECTURES[spec.architecture].build(spec.class_count)
-    network.load_state_dict(loaded.state_dict, strict=True)
-    network.eval()
+    # Any: torch's stubs omit Module.to(memory_format=...), which the layout trial uses.
+    network: Any = load_network(args.checkpoint, spec.architecture,
+                           library=spec.architecture_library or None,
+                           prefer_ema=spec.checkpoint_weights != "raw").module
     data = args.image.read_bytes()
     views = tta.views_for(POLICY_FOR_VIEWS[args.views])
 

@@ -15,13 +15,12 @@ def score_checkpoint(checkpoint: Path, spec: ModelSpec, images: Sequence[tuple[s
     """Probability per image from the checkpoint in PyTorch eager, views merged as served."""
     import torch  # only this optional comparison needs torch
 
-    from export.architectures import ARCHITECTURES
-    from export.checkpoint import load_checkpoint
+    from export.network import load_network
 
-    loaded = load_checkpoint(checkpoint, allow_unsafe_pickle)
-    network = ARCHITECTURES[spec.architecture].build(spec.class_count)
-    network.load_state_dict(loaded.state_dict, strict=True)
-    network.eval()
+    network = load_network(
+        checkpoint, spec.architecture, library=spec.architecture_library or None,
+        allow_unsafe_pickle=allow_unsafe_pickle,
+        prefer_ema=spec.checkpoint_weights != "raw").module
     views = tta.views_for(policy)
     merged = []
     for _, path in images:

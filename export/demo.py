@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from export.architectures import ARCHITECTURES
+from export.graph import classifier_of
 
 DEMO_SEED = 2020
 DEMO_ARCHITECTURE = "resnest50_fast_4s1x64d"
@@ -17,9 +18,11 @@ def build_demo_state(architecture: str = DEMO_ARCHITECTURE, seed: int = DEMO_SEE
     instead of all sitting at 0.5 (they still mean nothing)."""
     torch.manual_seed(seed)
     network = ARCHITECTURES[architecture].build(num_classes)
+    head = classifier_of(network)
+    assert isinstance(head, torch.nn.Linear)
     with torch.no_grad():
-        network.fc.weight.normal_(0.0, 1.5)
-        network.fc.bias.zero_()
+        head.weight.normal_(0.0, 1.5)
+        head.bias.zero_()
     return network.state_dict()
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from resnest.torch.resnet import ResNet
@@ -14,21 +15,36 @@ OPSET = 17
 
 
 class LogitsAndFeatures(torch.nn.Module):
-    """ResNet.forward, but also returning layer4's output for class-activation maps."""
+    """The network's forward, but also returning its final feature map (before pooling).
 
-    def __init__(self, network: ResNet) -> None:
+    The `resnest` package's ResNet has no feature hook, so its forward is spelled out;
+    timm models split theirs into `forward_features` and `forward_head`.
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
         self.network = network
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.network
-        x = net.maxpool(net.relu(net.bn1(net.conv1(image))))
-        features = net.layer4(net.layer3(net.layer2(net.layer1(x))))
-        logits = net.fc(torch.flatten(net.avgpool(features), 1))
-        return logits, features
+        if isinstance(net, ResNet):
+            x = net.maxpool(net.relu(net.bn1(net.conv1(image))))
+            features = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+            return net.fc(torch.flatten(net.avgpool(features), 1)), features
+        timm_net: Any = net
+        features = timm_net.forward_features(image)
+        return timm_net.forward_head(features), features
 
 
-def export_graph(network: ResNet, input_size: int, destination: Path) -> None:
+def classifier_of(network: torch.nn.Module) -> torch.nn.Module:
+    """The final layer mapping pooled features to logits."""
+    if isinstance(network, ResNet):
+        return network.fc
+    classifier: torch.nn.Module = network.get_classifier()  # type: ignore[operator]
+    return classifier
+
+
+def export_graph(network: torch.nn.Module, input_size: int, destination: Path) -> None:
     """Write the ONNX graph (no metadata yet) with a dynamic batch axis."""
     wrapped = LogitsAndFeatures(network).eval()
     example = torch.zeros(2, 3, input_size, input_size)

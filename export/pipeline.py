@@ -14,9 +14,10 @@ from typing import Any
 import onnx
 import torch
 
-from export import architectures, graph, verify
+from export import graph, verify
 from export.checkpoint import LoadedCheckpoint, load_checkpoint, sha256_of
 from export.errors import ExportError
+from export.network import Network, check_cam_head, network_from
 from export.settings import Resolved, resolve
 from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, DEFAULT_LABELS, SPEC_METADATA_KEY,
                                ModelSpec, encode_cam_weights)
@@ -31,6 +32,7 @@ class ExportRequest:
     architecture: str | None = None
     input_size: int | None = None
     resize: str | None = None
+    interpolation: str | None = None
     color_order: str | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -41,6 +43,7 @@ class ExportRequest:
     demo: bool = False
     tolerance: float = 1e-4
     allow_unsafe_pickle: bool = False
+    prefer_ema: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,13 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
     """Load, build strictly, export, verify, embed the spec, and only then publish the file."""
     output = request.output or models_dir / f"{request.checkpoint.stem}.onnx"
     _check_writable(output.parent)
-    loaded = load_checkpoint(request.checkpoint, request.allow_unsafe_pickle)
+    loaded = load_checkpoint(request.checkpoint, request.allow_unsafe_pickle, request.prefer_ema)
     settings = resolve(_flags(request), loaded.hyper_parameters)
-    head = architectures.read_head(loaded.state_dict)
-    arch = _choose_architecture(settings, loaded, head.num_classes)
-    network = arch.build(head.num_classes)
-    network.load_state_dict(loaded.state_dict, strict=True)
-    network.eval()
+    built = _build(settings["architecture"], loaded)
+    network, arch, head = built.module, built.architecture, built.head
 
     size = settings["input_size"].value
+    check_cam_head(built, size)
     partial = _temporary_path(output)
     try:
         graph.export_graph(network, size, partial)
@@ -72,7 +73,10 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
                                        head.melanoma_index, request.tolerance)
         spec = ModelSpec(
             name=request.name or request.checkpoint.stem, version=request.version,
-            architecture=arch.name, input_size=size, resize=settings["resize"].value,
+            architecture=arch.name, architecture_library=arch.library,
+            architecture_aliases=built.aliases, checkpoint_weights=loaded.weights,
+            input_size=size, resize=settings["resize"].value,
+            interpolation=settings["interpolation"].value,
             color_order=settings["color_order"].value, mean=settings["mean"].value,
             std=settings["std"].value, threshold=settings["threshold"].value,
             labels=request.labels, output_kind=head.output_kind,
@@ -85,8 +89,7 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             provenance="demo: seeded random initialisation, NOT trained" if request.demo
             else f"exported from {request.checkpoint.name}")
-        fc_weight = network.fc.weight.detach().numpy()[head.melanoma_index]
-        fc_bias = float(network.fc.bias.detach().numpy()[head.melanoma_index])
+        fc_weight, fc_bias = built.cam_weights()
         _embed(partial, {SPEC_METADATA_KEY: spec.to_json(),
                          CAM_WEIGHTS_METADATA_KEY: encode_cam_weights(fc_weight, fc_bias)})
         verify.check_graph(partial)
@@ -101,22 +104,27 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
     sources = {name: value.source for name, value in settings.items()}
     sources["architecture"] = settings["architecture"].source if (
         settings["architecture"].value == arch.name) else "detected from the state_dict"
+    sources["weights"] = _weights_source(loaded.weights)
     return ExportResult(output, spec, sources, loaded.ignored_keys, onnx_sha)
 
 
 def _flags(request: ExportRequest) -> dict[str, Any]:
     return {"architecture": request.architecture, "input_size": request.input_size,
-            "resize": request.resize, "color_order": request.color_order,
+            "resize": request.resize, "interpolation": request.interpolation,
+            "color_order": request.color_order,
             "mean": request.mean, "std": request.std, "threshold": request.threshold}
 
 
-def _choose_architecture(settings: dict[str, Resolved], loaded: LoadedCheckpoint,
-                         num_classes: int) -> architectures.Architecture:
-    requested = settings["architecture"]
-    name = requested.value
-    if requested.source != "flag" and name not in architectures.ARCHITECTURES:
-        name = None  # a training script's own label, not one of ours: detect instead
-    return architectures.choose(name, loaded.state_dict, num_classes)
+def _build(requested: Resolved, loaded: LoadedCheckpoint) -> Network:
+    # A flag is a demand; a name found in the checkpoint is only its claim.
+    if requested.source == "flag":
+        return network_from(loaded, requested.value)
+    return network_from(loaded, hint=requested.value)
+
+
+def _weights_source(weights: str) -> str:
+    return {"ema": "the EMA copy (--no-ema takes the raw ones)",
+            "raw": "the raw ones (the EMA copy was declined)"}.get(weights, "the only set")
 
 
 def _check_writable(directory: Path) -> None:
@@ -153,7 +161,7 @@ def _check_round_trip(path: Path, spec: ModelSpec) -> None:
 
 def _tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("onnx", "onnxruntime", "resnest", "numpy"):
+    for package in ("onnx", "onnxruntime", "resnest", "timm", "safetensors", "numpy"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

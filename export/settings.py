@@ -5,24 +5,27 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from export.errors import ExportError
-from webapp.model_spec import (COLOR_ORDERS, IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE,
-                               MIN_INPUT_SIZE, RESIZE_POLICIES)
+from webapp.model_spec import (COLOR_ORDERS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS,
+                               MAX_INPUT_SIZE, MIN_INPUT_SIZE, RESIZE_POLICIES)
 
 # The seed model people bring was trained at 128 px with ImageNet statistics on RGB.
 DEFAULTS: dict[str, Any] = {
     "architecture": None,
     "input_size": 128,
     "resize": "resize",
+    "interpolation": "bilinear",
     "color_order": "RGB",
     "mean": IMAGENET_MEAN,
     "std": IMAGENET_STD,
     "threshold": 0.5,
 }
-# Names training scripts commonly give these values in Lightning's `hyper_parameters`.
+# Names training scripts commonly give these values in Lightning's `hyper_parameters`, timm's
+# train.py arguments (`model`, `img_size`, `interpolation`) or safetensors metadata.
 HPARAM_ALIASES: dict[str, tuple[str, ...]] = {
-    "architecture": ("arch", "architecture", "model_name", "backbone"),
+    "architecture": ("arch", "architecture", "model_name", "backbone", "model"),
     "input_size": ("input_size", "image_size", "img_size", "size", "resolution"),
     "resize": ("resize", "resize_policy"),
+    "interpolation": ("interpolation", "interp"),
     "color_order": ("color_order", "channel_order"),
     "mean": ("mean", "normalize_mean"),
     "std": ("std", "normalize_std"),
@@ -48,12 +51,16 @@ def resolve(flags: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, R
         for alias in HPARAM_ALIASES[name]:
             if alias in hparams and hparams[alias] is not None:
                 where = f"checkpoint hyper_parameters[{alias!r}]"
-                resolved[name] = Resolved(parse(hparams[alias], where), where)
-                break
+                value = parse(hparams[alias], where)
+                if value is not None:
+                    resolved[name] = Resolved(value, where)
+                    break
     return resolved
 
 
 def _size(value: Any, where: str) -> int:
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        value = value[1:]  # timm's input_size is (channels, height, width)
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
             raise ExportError(f"{where}: non-square input {value} is not supported")
@@ -100,14 +107,16 @@ def _threshold(value: Any, where: str) -> float:
     return threshold
 
 
-def _name(value: Any, where: str) -> str:
-    return str(value)
+def _name(value: Any, where: str) -> str | None:
+    # Only a string can name a network; `model` may also hold a whole config.
+    return value if isinstance(value, str) else None
 
 
 _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "architecture": _name,
     "input_size": _size,
     "resize": _choice(RESIZE_POLICIES),
+    "interpolation": _choice(INTERPOLATIONS),
     "color_order": _choice(COLOR_ORDERS),
     "mean": _triple,
     "std": _triple,

@@ -18,10 +18,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from export import int8  # noqa: E402
-from export.architectures import ARCHITECTURES  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, ExportResult, export_checkpoint  # noqa: E402
-from webapp.model_spec import COLOR_ORDERS, DEFAULT_LABELS, RESIZE_POLICIES  # noqa: E402
+from webapp.model_spec import (COLOR_ORDERS, DEFAULT_LABELS, INTERPOLATIONS,  # noqa: E402
+                               RESIZE_POLICIES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,14 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Unset options come from the checkpoint's hyper_parameters, else the defaults "
                "(128 px, resize, RGB, ImageNet mean/std, threshold 0.5).")
     parser.add_argument("checkpoint", type=Path,
-                        help="Lightning .ckpt, plain state_dict (.pt/.pth), or a dict holding one")
+                        help="Lightning .ckpt, timm checkpoint, plain state_dict (.pt/.pth), "
+                             ".safetensors, or a dict holding one")
     parser.add_argument("-o", "--output", type=Path,
                         help="where to write the .onnx (default: models/<checkpoint stem>.onnx)")
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES),
-                        help="network architecture (default: detected from the weights)")
+    parser.add_argument("--arch",
+                        help="network architecture as its library names it, e.g. resnest50d "
+                             "(timm) or resnest50 (resnest package); default: detected")
     parser.add_argument("--input-size", type=int, help="square input side in pixels")
     parser.add_argument("--resize", choices=RESIZE_POLICIES,
                         help="how the server fits an image to the input size")
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS,
+                        help="resampling the server uses when resizing (default: bilinear)")
     parser.add_argument("--color-order", choices=COLOR_ORDERS,
                         help="channel order the network was trained on")
     parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
@@ -59,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "training images); their feature statistics go into the model so "
                              "the server warns about uploads unlike all of them")
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="load with weights_only=False; runs code from the file, trusted "
-                             "files only")
+                        help="load with weights_only=False (also whole pickled modules); runs "
+                             "code from the file, trusted files only")
+    parser.add_argument("--no-ema", dest="prefer_ema", action="store_false",
+                        help="export the raw weights even when the checkpoint has an EMA copy")
     parser.add_argument("--int8", action="store_true",
                         help="also write a calibrated static INT8 model beside the fp32 one "
                              "(needs --calibration-images; refused if fidelity misses limits)")
@@ -71,11 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 def request_from_args(args: argparse.Namespace) -> ExportRequest:
     return ExportRequest(
         checkpoint=args.checkpoint, output=args.output, architecture=args.arch,
-        input_size=args.input_size, resize=args.resize, color_order=args.color_order,
+        input_size=args.input_size, resize=args.resize, interpolation=args.interpolation,
+        color_order=args.color_order,
         mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
         threshold=args.threshold, labels=tuple(args.labels), name=args.name,
         version=args.model_version, demo=args.demo, tolerance=args.tolerance,
-        allow_unsafe_pickle=args.allow_unsafe_pickle)
+        allow_unsafe_pickle=args.allow_unsafe_pickle, prefer_ema=args.prefer_ema)
 
 
 def report(result: ExportResult) -> str:
@@ -84,12 +91,21 @@ def report(result: ExportResult) -> str:
              f"parity: max |Δ probability| {spec['parity']['max_abs_diff_probability']:.2e}, "
              f"max |Δ feature| {spec['parity']['max_abs_diff_feature']:.2e} "
              f"at batch sizes {spec['parity']['batch_sizes']}",
+             f"architecture: {_architecture(result)}",
              "settings: " + ", ".join(f"{k} from {v}" for k, v in sorted(result.sources.items()))]
     if result.ignored_keys:
         lines.append(f"ignored {len(result.ignored_keys)} keys outside the network: "
                      + ", ".join(result.ignored_keys[:5]))
     lines.append("spec: " + json.dumps(spec, indent=2, sort_keys=True))
     return "\n".join(lines)
+
+
+def _architecture(result: ExportResult) -> str:
+    spec = result.spec
+    same = f" (same network as {', '.join(spec.architecture_aliases)})" \
+        if spec.architecture_aliases else ""
+    return f"{spec.architecture_library} {spec.architecture}{same}; weights: " \
+        f"{result.sources['weights']}"
 
 
 def main(argv: list[str] | None = None) -> int:

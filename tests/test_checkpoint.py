@@ -125,3 +125,68 @@ def test_rejects_a_checkpoint_without_weights(tmp_path: Path) -> None:
     torch.save({"epoch": 1, "state_dict": collections.OrderedDict()}, path)
     with pytest.raises(ExportError, match="no state_dict"):
         load_checkpoint(path)
+
+
+def test_timm_train_checkpoint_args_namespace_loads_safely_as_hyper_parameters(
+        tmp_path: Path, state: dict[str, torch.Tensor]) -> None:
+    import argparse
+
+    path = tmp_path / "last.pth.tar"
+    args = argparse.Namespace(model="resnest14d", img_size=None, input_size=[3, 96, 96],
+                              interpolation="bicubic")
+    torch.save({"epoch": 3, "arch": "resnest14d", "state_dict": state, "args": args,
+                "optimizer": {"state": {}, "param_groups": []}, "version": 2}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.hyper_parameters["model"] == "resnest14d"
+    assert loaded.hyper_parameters["input_size"] == [3, 96, 96]
+    assert "img_size" not in loaded.hyper_parameters  # None means "unset" in timm's args
+    assert set(loaded.state_dict) == set(state)
+
+
+@pytest.mark.parametrize("prefer_ema, expected", [(True, "ema"), (False, "raw")])
+def test_ema_copy_inside_a_lightning_module_is_preferred_unless_declined(
+        tmp_path: Path, state: dict[str, torch.Tensor], prefer_ema: bool, expected: str) -> None:
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    path = tmp_path / "ema.ckpt"
+    torch.save({"state_dict": _prefixed(state, "model.") | _prefixed(ema, "model_ema.module."),
+                "pytorch-lightning_version": "2.5.0"}, path)
+    loaded = load_checkpoint(path, prefer_ema=prefer_ema)
+    assert loaded.weights == expected
+    chosen = ema if prefer_ema else state
+    assert torch.equal(loaded.state_dict["fc.weight"], chosen["fc.weight"])
+    assert len(loaded.ignored_keys) == len(state)
+
+
+def test_a_checkpoint_without_ema_says_so(tmp_path: Path,
+                                          state: dict[str, torch.Tensor]) -> None:
+    path = tmp_path / "plain.pt"
+    torch.save({"state_dict": state}, path)
+    assert load_checkpoint(path).weights == ""
+
+
+def test_safetensors_metadata_values_are_read_as_json_where_they_are(
+        tmp_path: Path, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.bin"  # detected by content, not by the suffix
+    save_file(state, str(path), metadata={"format": "pt", "arch": "resnest14d",
+                                          "mean": "[0.5, 0.5, 0.5]"})
+    loaded = load_checkpoint(path)
+    assert loaded.format == "safetensors"
+    assert loaded.hyper_parameters == {"arch": "resnest14d", "mean": [0.5, 0.5, 0.5]}
+    assert torch.equal(loaded.state_dict["fc.weight"], state["fc.weight"])
+
+
+def test_pickled_module_under_opt_in_gives_its_weights_and_library(
+        tmp_path: Path, state: dict[str, torch.Tensor]) -> None:
+    from export.architectures import ARCHITECTURES
+
+    network = ARCHITECTURES[TINY_ARCH].build(1)
+    network.load_state_dict(state)
+    path = tmp_path / "module.pt"
+    torch.save(network, path)
+    with pytest.raises(ExportError, match="--allow-unsafe-pickle"):
+        load_checkpoint(path)
+    loaded = load_checkpoint(path, allow_unsafe_pickle=True)
+    assert (loaded.format, loaded.library) == ("pickled module (ResNet)", "resnest")
+    assert torch.equal(loaded.state_dict["fc.weight"], state["fc.weight"])

@@ -16,6 +16,7 @@ import torch
 from export import to_onnx
 from export.architectures import ARCHITECTURES
 from export.demo import build_demo_state, write_lightning_checkpoint
+from export.network import load_network
 from tests.conftest import TINY_ARCH
 from webapp.model_spec import SPEC_METADATA_KEY, ModelSpec, read_spec_file
 
@@ -58,9 +59,7 @@ def test_each_checkpoint_layout_exports_and_passes_parity(
 
 def test_exported_model_matches_pytorch_and_batch_8_equals_batch_1(
         tiny_onnx_model: Path, tiny_checkpoint: Path) -> None:
-    network = ARCHITECTURES[TINY_ARCH].build(1).eval()
-    state = torch.load(tiny_checkpoint, weights_only=True)["state_dict"]
-    network.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    network = load_network(tiny_checkpoint).module
     session = ort.InferenceSession(str(tiny_onnx_model), providers=["CPUExecutionProvider"])
     images = np.random.default_rng(5).normal(size=(8, 3, 64, 64)).astype(np.float32)
     batched_logits, batched_features = session.run(None, {"image": images})
@@ -158,8 +157,8 @@ def _no_leftovers(directory: Path) -> list[str]:
     ("missing", "checkpoint not found"),
     ("not_a_checkpoint", "not a PyTorch checkpoint"),
     ("corrupt_zip", "corrupt or truncated"),
-    ("wrong_arch", "does not fit resnest50_fast_4s1x64d: .*missing keys.*looks like "
-                   "resnest14_fast_4s1x64d"),
+    ("wrong_arch", "does not fit resnest package resnest50_fast_4s1x64d: .*missing keys.*"
+                   "looks like resnest package resnest14_fast_4s1x64d"),
     ("unsupported_head", "unsupported head: fc has 5 outputs"),
     ("unknown_net", "matches no known architecture; closest is"),
 ])

@@ -86,6 +86,12 @@ class ModelSpec:
     # INT8 quantisation (export/int8.py): how the graph was quantised and its measured
     # fidelity against the fp32 model it came from; empty for an fp32 model.
     quantization: Mapping[str, Any] = field(default_factory=dict)
+    # Checkpoint families and formats (issue 12): the library that names `architecture`
+    # ("timm", "resnest"; "" in older models), other names the same network goes by, and which
+    # weights were exported ("ema", "raw" when EMA weights were present but declined, "").
+    architecture_library: str = ""
+    architecture_aliases: tuple[str, ...] = ()
+    checkpoint_weights: str = ""
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -133,6 +139,12 @@ class ModelSpec:
         return summary
 
     @property
+    def architecture_label(self) -> str:
+        """The architecture as its own library names it, e.g. `resnest50d (timm)`."""
+        library = f" ({self.architecture_library})" if self.architecture_library else ""
+        return self.architecture + library
+
+    @property
     def display_name(self) -> str:
         return f"{self.name} {self.version} ({self.architecture}, {self.input_size}px)"
 
@@ -157,7 +169,7 @@ class ModelSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"model spec has unknown fields: {', '.join(unknown)}")
-        for name in ("mean", "std", "labels"):
+        for name in ("mean", "std", "labels", "architecture_aliases"):
             if isinstance(data.get(name), list):
                 data[name] = tuple(data[name])
         try:
