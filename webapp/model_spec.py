@@ -61,6 +61,10 @@ class ModelSpec:
     created: str = ""
     provenance: str = ""
     schema_version: int = SCHEMA_VERSION
+    # What the weights learned from (training/): e.g. "2,000 synthetic dermoscopy images",
+    # and metrics on held-out patients (auc, images, patients, ...). Empty when unknown.
+    training_data: str = ""
+    held_out: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = _problems(self)
