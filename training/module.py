@@ -29,7 +29,7 @@ def threshold_for_sensitivity(targets: np.ndarray, scores: np.ndarray,
     positives = np.sort(scores[targets == 1])
     if positives.size == 0:
         return 0.5
-    index = int(math.floor((1 - sensitivity) * positives.size))
+    index = int(math.floor((1 - sensitivity) * positives.size + 1e-9))  # 0.1 * 10 < 1 in floats
     return float(np.clip(positives[min(index, positives.size - 1)] - 1e-6, 1e-4, 1 - 1e-4))
 
 
