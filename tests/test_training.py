@@ -11,7 +11,7 @@ from export.pipeline import ExportRequest, export_checkpoint
 from tests.conftest import TINY_ARCH
 from training.augment import Augment
 from training.folds import assign_folds
-from training.module import threshold_for_sensitivity, warmup_cosine
+from training.module import operating_threshold, warmup_cosine
 from training.synthetic import generate_dataset, plan_dataset
 from training.train import TrainConfig, fit, main
 
@@ -37,7 +37,7 @@ def test_warm_up_then_cosine_decay() -> None:
 def test_threshold_flags_the_asked_share_of_melanomas() -> None:
     targets = np.array([0] * 50 + [1] * 10)
     scores = np.concatenate([np.linspace(0, 0.5, 50), np.linspace(0.3, 0.9, 10)])
-    threshold = threshold_for_sensitivity(targets, scores, 0.9)
+    threshold = operating_threshold(targets, scores, 0.9)
     assert (scores[targets == 1] >= threshold).mean() == pytest.approx(0.9)
 
 

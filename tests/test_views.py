@@ -37,7 +37,7 @@ def test_result_page_shows_probability_label_spread_heatmap_and_model(
     assert page.count('src="data:image/png;base64,') == 2  # model input + heatmap
     assert 'alt="Heatmap' in page
     assert "tiny 1 (resnest14_fast_4s1x64d, 64px)" in page
-    assert "Demo model, not trained" not in page
+    assert "Demo model, trained on computer-drawn lesions" not in page
     assert "not a diagnosis" in page.lower()
     assert response.headers["Cache-Control"] == "no-store"
 
@@ -52,9 +52,12 @@ def test_demo_models_get_a_prominent_banner(tmp_path: Path, lesion_jpeg_bytes: b
     for page in (client.get("/"), client.post("/predict", data=_upload(lesion_jpeg_bytes),
                                               content_type="multipart/form-data")):
         text = page.get_data(as_text=True)
-        assert 'class="demo-banner" role="alert"' in text and "Demo model, not trained" in text
+        assert 'class="demo-banner" role="alert"' in text
+        assert "trained on computer-drawn lesions" in text
     api = client.post("/api/v1/predict", data=_upload(lesion_jpeg_bytes)).get_json()
     assert api["demo"] is True and api["model"]["demo"] is True
+    assert "never seen a real lesion" in api["disclaimer"]
+    assert "not a diagnosis" in api["disclaimer"]
 
 
 @pytest.mark.parametrize("policy", ["none", "flips", "dihedral"])

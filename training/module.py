@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from evaluation.metrics import threshold_for_sensitivity
 from export.architectures import ARCHITECTURES
 
 
@@ -23,14 +24,13 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.02) -> fl
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def threshold_for_sensitivity(targets: np.ndarray, scores: np.ndarray,
-                              sensitivity: float) -> float:
-    """The highest threshold that still flags `sensitivity` of the melanomas."""
-    positives = np.sort(scores[targets == 1])
-    if positives.size == 0:
+def operating_threshold(targets: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:
+    """The highest threshold that still flags `sensitivity` of the melanomas, kept inside
+    (0, 1) as the model spec requires; 0.5 when the fold has no melanoma."""
+    if not targets.any():
         return 0.5
-    index = int(math.floor((1 - sensitivity) * positives.size + 1e-9))  # 0.1 * 10 < 1 in floats
-    return float(np.clip(positives[min(index, positives.size - 1)] - 1e-6, 1e-4, 1 - 1e-4))
+    return float(np.clip(threshold_for_sensitivity(targets, scores, sensitivity), 1e-4,
+                         1 - 1e-4))
 
 
 class MelanomaModule(L.LightningModule):
@@ -70,7 +70,7 @@ class MelanomaModule(L.LightningModule):
         auc = float(roc_auc_score(targets, scores)) if 0 < targets.sum() < targets.size else 0.5
         self.log("val_auc", auc, prog_bar=True)
         # Saved with the checkpoint of this epoch: the operating point travels with the weights.
-        self.hparams["threshold"] = threshold_for_sensitivity(
+        self.hparams["threshold"] = operating_threshold(
             targets, scores, self.hparams["target_sensitivity"])
 
     def configure_optimizers(self) -> Any:

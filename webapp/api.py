@@ -14,6 +14,8 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 DISCLAIMER = ("Research demo, not a medical device and not a diagnosis. Any concerning skin "
               "lesion must be examined by a dermatologist.")
+DEMO_NOTE = ("Demo model: trained only on computer-drawn (synthetic) dermoscopy images; it has "
+             "never seen a real lesion.")
 
 
 @bp.post("/predict")
@@ -49,7 +51,7 @@ def serialise(prediction: Prediction) -> dict[str, Any]:
                   "architecture": prediction.architecture, "demo": prediction.demo},
         "demo": prediction.demo,
         "timing_ms": dict(prediction.timing_ms),
-        "disclaimer": DISCLAIMER,
+        "disclaimer": f"{DEMO_NOTE} {DISCLAIMER}" if prediction.demo else DISCLAIMER,
     }
     if prediction.heatmap_png is not None:
         body["heatmap_png_base64"] = base64.b64encode(prediction.heatmap_png).decode("ascii")
