@@ -16,12 +16,23 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from export.demo import DemoRecipe  # noqa: E402
+from export.demo import DemoRecipe, write_demo_checkpoint  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, export_checkpoint  # noqa: E402
 from webapp.model_spec import SpecError, read_spec_file  # noqa: E402
 
 DEMO_NAME = "demo-synthetic"
+CHECKPOINT_NAME = "demo-checkpoint.ckpt"
+
+
+def build_untrained(output: Path, architecture: str, input_size: int) -> Path:
+    """Seeded random weights through the same export path: for timing, where weights
+    do not matter and training would only cost minutes."""
+    checkpoint = write_demo_checkpoint(output.with_name(CHECKPOINT_NAME), architecture,
+                                       input_size)
+    return export_checkpoint(ExportRequest(checkpoint=checkpoint, output=output,
+                                           name="demo-untrained", version="0",
+                                           demo=True)).output
 
 
 def build(output: Path, recipe: DemoRecipe, progress: bool = True) -> Path:
@@ -46,6 +57,8 @@ def build(output: Path, recipe: DemoRecipe, progress: bool = True) -> Path:
         provenance="demo: trained only on computer-drawn (synthetic) dermoscopy images; it "
                    "has never seen a real lesion",
         training_data=recipe.training_data, held_out=held_out))
+    # Beside the model, where benchmarks and the evaluation CLI's --checkpoint look for it.
+    result.checkpoint.replace(output.with_name(CHECKPOINT_NAME))
     print(f"drew {data.count} lesions in {drawn:.0f} s, trained in {result.seconds:.0f} s: "
           f"held-out AUC {result.val_auc:.3f} ({result.val_images} images, "
           f"{result.val_patients} patients), threshold {result.threshold:.3f}")
@@ -65,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=None,
                         help="progressive resizing as SIZE:EPOCHS,... (default "
                              + ",".join(f"{s}:{e}" for s, e in defaults.stages) + ")")
+    parser.add_argument("--untrained", action="store_true",
+                        help="seeded random weights, no training (benchmarks only)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid one exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -80,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         render_size=max(defaults.render_size, args.input_size),
         stages=_stages(args.stages) if args.stages else defaults.stages)
     try:
+        if args.untrained:
+            output = build_untrained(args.output, args.arch, args.input_size)
+            print(f"wrote {output}: UNTRAINED demo model (seeded random weights)")
+            return 0
         output = build(args.output, recipe, progress=not args.quiet)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)

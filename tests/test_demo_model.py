@@ -37,6 +37,7 @@ def test_demo_model_says_it_was_trained_on_synthetic_lesions_and_is_built_once(
     assert 0.0 <= spec.held_out["auc"] <= 1.0 and spec.held_out["images"] > 0
     assert spec.checkpoint_format == "lightning (prefix 'model.')"
     assert "trained in" in capsys.readouterr().out
+    assert (tmp_path / "demo-checkpoint.ckpt").is_file()
     built = output.stat().st_mtime_ns
     assert demo_model.main(["--output", str(output), *TINY_BUILD]) == 0
     assert "already built" in capsys.readouterr().out
@@ -48,3 +49,12 @@ def test_a_corrupt_cached_demo_model_is_rebuilt(tmp_path: Path) -> None:
     output.write_bytes(b"half a model")
     assert demo_model.main(["--output", str(output), *TINY_BUILD]) == 0
     assert read_spec_file(output).demo
+
+
+def test_untrained_build_for_benchmarks_is_labelled_untrained(tmp_path: Path) -> None:
+    output = tmp_path / "default.onnx"
+    assert demo_model.main(["--output", str(output), "--arch", TINY_ARCH, "--input-size", "64",
+                            "--untrained"]) == 0
+    spec = read_spec_file(output)
+    assert spec.demo and spec.name == "demo-untrained" and "NOT trained" in spec.provenance
+    assert (tmp_path / "demo-checkpoint.ckpt").is_file()
