@@ -27,6 +27,7 @@ $(VENV)/.installed: requirements*.txt
 
 model: $(MODEL)
 
+# The demo model: draw synthetic lesions, train on them (CPU, a few minutes), export; once.
 $(MODEL): | $(VENV)/.installed
 	$(PY) export/demo_model.py --output $(MODEL)
 
