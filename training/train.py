@@ -120,8 +120,12 @@ def fit(config: TrainConfig) -> TrainResult:
     generator = torch.Generator().manual_seed(config.seed)
     trainer.fit(module,
                 DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                           generator=generator, num_workers=config.workers, drop_last=True),
+                           generator=generator, num_workers=config.workers,
+                           # A last batch of one would break BatchNorm; tiny sets keep it.
+                           drop_last=len(train_set) >= 2 * config.batch_size),
                 DataLoader(val_set, batch_size=64, num_workers=config.workers))
+    if not checkpoint.best_model_path:
+        raise ValueError("training saved no checkpoint: no epoch reached validation")
     best = Path(checkpoint.best_model_path)
     saved = torch.load(best, map_location="cpu", weights_only=True)
     return TrainResult(best, float(checkpoint.best_model_score or 0.0),
