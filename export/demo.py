@@ -63,6 +63,9 @@ class DemoRecipe:
     stages: tuple[tuple[int, int], ...] = ((64, 3), (128, 1))
     batch_size: int = 32
     lr: float = 2e-3
+    # Bounds the first `make serve` on a slow machine; training stops early, keeping the
+    # best checkpoint so far.
+    max_minutes: float | None = 6.0
 
     @property
     def training_data(self) -> str:

@@ -49,6 +49,7 @@ def build(output: Path, recipe: DemoRecipe, progress: bool = True) -> Path:
         labels=data.labels_csv, images=data.images, out_dir=work / "checkpoints",
         arch=recipe.architecture, image_size=recipe.input_size, stages=recipe.stages,
         batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed, progress=progress,
+        max_minutes=recipe.max_minutes,
         extra_hparams={"training_data": recipe.training_data, "demo_seed": recipe.seed}))
     held_out = {"auc": round(result.val_auc, 4), "images": result.val_images,
                 "patients": result.val_patients}
