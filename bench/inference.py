@@ -47,7 +47,8 @@ def build_demo_models(directory: Path, sizes: list[int]) -> list[tuple[Path, Pat
         model = directory / str(size) / "default.onnx"
         if not model.exists():
             subprocess.run([sys.executable, str(ROOT / "export" / "demo_model.py"),
-                            "--output", str(model), "--input-size", str(size)],
+                            "--output", str(model), "--input-size", str(size),
+                            "--untrained"],  # timing needs the graph, not trained weights
                            check=True, cwd=ROOT)
         pairs.append((model, model.with_name("demo-checkpoint.ckpt")))
     return pairs

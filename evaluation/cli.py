@@ -146,8 +146,9 @@ def _summarise(targets: np.ndarray, scores: tuple[float, ...] | list[float], gro
 def _format(report: dict[str, Any]) -> str:
     lines = [f"{report['model_name']}: {report['images']} images, {report['positives']} "
              f"melanoma, threshold {report['threshold']:.4g}"
-             + (" (DEMO model: untrained, numbers mean nothing)" if report["demo"] else ""),
-             "", "| scored by | ROC AUC | 95% CI | sensitivity | specificity |",
+             + (" (DEMO model: trained on synthetic lesions only)" if report["demo"] else ""),
+             "", f"| scored by | ROC AUC | 95% CI (bootstrap by {report['bootstrap']['unit']}) "
+             "| sensitivity | specificity |",
              "|---|---:|---|---:|---:|"]
     for name, result in report["results"].items():
         low, high = result["auc_ci95"]

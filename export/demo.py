@@ -1,6 +1,7 @@
-"""A deterministic, untrained checkpoint in the Lightning layout, for the default demo model."""
+"""The default demo model's recipe, and seeded checkpoints in the Lightning layout for tests."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,3 +48,29 @@ def write_demo_checkpoint(path: Path, architecture: str = DEMO_ARCHITECTURE,
     state = build_demo_state(architecture, seed)
     hparams = {"arch": architecture, "image_size": input_size, "demo_seed": seed}
     return write_lightning_checkpoint(path, state, hparams)
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How the default model is made: generated lesions, then the training pipeline.
+
+    Sized for a 2-core CPU in a few minutes: most epochs on small images, the last at the
+    serving size (progressive resizing)."""
+
+    architecture: str = DEMO_ARCHITECTURE
+    input_size: int = 128
+    images: int = 2000
+    render_size: int = 128
+    melanoma_fraction: float = 0.10
+    seed: int = DEMO_SEED
+    stages: tuple[tuple[int, int], ...] = ((64, 3), (128, 1))
+    batch_size: int = 32
+    lr: float = 2e-3
+    # Bounds the first `make serve` on a slow machine; training stops early, keeping the
+    # best checkpoint so far.
+    max_minutes: float | None = 6.0
+
+    @property
+    def training_data(self) -> str:
+        return (f"{self.images} synthetic (computer-drawn) dermoscopy images, "
+                f"{self.melanoma_fraction:.0%} melanoma, generator seed {self.seed}")

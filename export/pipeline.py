@@ -44,6 +44,9 @@ class ExportRequest:
     tolerance: float = 1e-4
     allow_unsafe_pickle: bool = False
     prefer_ema: bool = True
+    provenance: str | None = None
+    training_data: str = ""
+    held_out: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,10 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
             checkpoint_format=loaded.format, demo=request.demo,
             tool_versions=_tool_versions(), parity=parity.as_dict(),
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            provenance="demo: seeded random initialisation, NOT trained" if request.demo
-            else f"exported from {request.checkpoint.name}")
+            provenance=request.provenance or (
+                "demo: seeded random initialisation, NOT trained" if request.demo
+                else f"exported from {request.checkpoint.name}"),
+            training_data=request.training_data, held_out=dict(request.held_out))
         fc_weight, fc_bias = built.cam_weights()
         _embed(partial, {SPEC_METADATA_KEY: spec.to_json(),
                          CAM_WEIGHTS_METADATA_KEY: encode_cam_weights(fc_weight, fc_bias)})

@@ -1,4 +1,5 @@
-"""The default model: built by the normal export path from a deterministic demo checkpoint."""
+"""The default model: trained by the training pipeline on synthetic lesions, then exported
+through the normal export path, built once and cached."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,11 @@ from export.demo import write_demo_checkpoint
 from tests.conftest import TINY_ARCH
 from webapp.model_spec import read_spec_file
 
+TINY_BUILD = ["--arch", TINY_ARCH, "--input-size", "32", "--images", "40", "--stages", "32:1",
+              "--quiet"]
 
-def test_demo_checkpoint_is_byte_for_byte_reproducible(tmp_path: Path) -> None:
+
+def test_seeded_checkpoint_is_byte_for_byte_reproducible(tmp_path: Path) -> None:
     # torch.save names the archive's folder after the file, so compare same-named files.
     first = write_demo_checkpoint(tmp_path / "a" / "demo.ckpt", TINY_ARCH, 64)
     second = write_demo_checkpoint(tmp_path / "b" / "demo.ckpt", TINY_ARCH, 64)
@@ -22,18 +26,20 @@ def test_demo_checkpoint_is_byte_for_byte_reproducible(tmp_path: Path) -> None:
     assert other_seed.read_bytes() != first.read_bytes()
 
 
-def test_demo_model_is_labelled_untrained_and_built_once(
+def test_demo_model_says_it_was_trained_on_synthetic_lesions_and_is_built_once(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "default.onnx"
-    args = ["--output", str(output), "--arch", TINY_ARCH, "--input-size", "64"]
-    assert demo_model.main(args) == 0
+    assert demo_model.main(["--output", str(output), *TINY_BUILD]) == 0
     spec = read_spec_file(output)
-    assert spec.demo and not spec.trained
-    assert spec.name == "demo-untrained" and "NOT trained" in spec.provenance
+    assert spec.demo and spec.name == "demo-synthetic"
+    assert "never seen a real lesion" in spec.provenance
+    assert "synthetic" in spec.training_data and "40" in spec.training_data
+    assert 0.0 <= spec.held_out["auc"] <= 1.0 and spec.held_out["images"] > 0
     assert spec.checkpoint_format == "lightning (prefix 'model.')"
+    assert "trained in" in capsys.readouterr().out
+    assert (tmp_path / "demo-checkpoint.ckpt").is_file()
     built = output.stat().st_mtime_ns
-    capsys.readouterr()
-    assert demo_model.main(args) == 0
+    assert demo_model.main(["--output", str(output), *TINY_BUILD]) == 0
     assert "already built" in capsys.readouterr().out
     assert output.stat().st_mtime_ns == built
 
@@ -41,6 +47,14 @@ def test_demo_model_is_labelled_untrained_and_built_once(
 def test_a_corrupt_cached_demo_model_is_rebuilt(tmp_path: Path) -> None:
     output = tmp_path / "default.onnx"
     output.write_bytes(b"half a model")
-    args = ["--output", str(output), "--arch", TINY_ARCH, "--input-size", "64"]
-    assert demo_model.main(args) == 0
+    assert demo_model.main(["--output", str(output), *TINY_BUILD]) == 0
     assert read_spec_file(output).demo
+
+
+def test_untrained_build_for_benchmarks_is_labelled_untrained(tmp_path: Path) -> None:
+    output = tmp_path / "default.onnx"
+    assert demo_model.main(["--output", str(output), "--arch", TINY_ARCH, "--input-size", "64",
+                            "--untrained"]) == 0
+    spec = read_spec_file(output)
+    assert spec.demo and spec.name == "demo-untrained" and "NOT trained" in spec.provenance
+    assert (tmp_path / "demo-checkpoint.ckpt").is_file()

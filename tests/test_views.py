@@ -94,11 +94,18 @@ def test_get_predict_redirects_to_the_form(client: FlaskClient) -> None:
         assert response.status_code == 303 and response.headers["Location"] == target
 
 
-def test_demo_models_get_a_prominent_banner(tmp_path: Path, lesion_jpeg_bytes: bytes) -> None:
+@pytest.mark.parametrize("training_data, heading, note", [
+    ("", "not trained", "untrained placeholder"),
+    ("2000 synthetic dermoscopy images", "trained on computer-drawn lesions",
+     "never seen a real lesion"),
+])
+def test_demo_models_get_a_prominent_banner(tmp_path: Path, lesion_jpeg_bytes: bytes,
+                                            training_data: str, heading: str,
+                                            note: str) -> None:
     from tests.conftest import export_tiny
     from webapp.app import create_app
 
-    demo = export_tiny(tmp_path, "demo", demo=True)
+    demo = export_tiny(tmp_path, "demo", demo=True, training_data=training_data)
     client = create_app({"TESTING": True, "MODEL_PATH": str(demo),
                          "WTF_CSRF_ENABLED": False}).test_client()
     for page in (client.get("/"), client.post("/predict", data=_upload(lesion_jpeg_bytes),
@@ -106,10 +113,12 @@ def test_demo_models_get_a_prominent_banner(tmp_path: Path, lesion_jpeg_bytes: b
         text = page.get_data(as_text=True)
         # A labelled region, read when reached, not an alert announced on every page load.
         assert '<section class="demo-banner" aria-labelledby="demo-banner-title">' in text
-        assert '<h2 id="demo-banner-title">Demo model, not trained</h2>' in text
+        assert f'<h2 id="demo-banner-title">Demo model, {heading}</h2>' in text
         assert 'role="alert"' not in text
     api = client.post("/api/v1/predict", data=_upload(lesion_jpeg_bytes)).get_json()
     assert api["demo"] is True and api["model"]["demo"] is True
+    assert note in api["disclaimer"]
+    assert "not a diagnosis" in api["disclaimer"]
 
 
 def test_api_page_has_curl_lines_spec_and_openapi_link(client: FlaskClient) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,9 @@ def _run(jobs: list[tuple[Record, int, Path, Path]], workers: int) -> Iterator[s
     if workers <= 1:
         yield from map(_write, jobs)
         return
-    with ProcessPoolExecutor(workers) as pool:
+    # Spawned, not forked: a fork of a process whose torch/OpenMP threads are running can
+    # hang in the child (seen when the demo build ran after other torch work in one process).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(_write, jobs, chunksize=16)
 
 

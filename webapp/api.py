@@ -15,7 +15,9 @@ DISCLAIMER = results.DISCLAIMER
 # and provenance stay in the export's CLI output and provenance file.
 PUBLIC_SPEC_FIELDS = ("name", "version", "architecture", "input_size", "output_kind",
                       "melanoma_index", "labels", "threshold", "demo", "trained", "resize",
-                      "interpolation", "color_order", "mean", "std", "schema_version")
+                      "interpolation", "color_order", "mean", "std", "schema_version",
+                      "architecture_library", "architecture_aliases", "checkpoint_weights",
+                      "training_data", "held_out")
 
 
 

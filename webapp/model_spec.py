@@ -92,6 +92,10 @@ class ModelSpec:
     architecture_library: str = ""
     architecture_aliases: tuple[str, ...] = ()
     checkpoint_weights: str = ""
+    # What the weights learned from (training/): e.g. "2,000 synthetic dermoscopy images",
+    # and metrics on held-out patients (auc, images, patients, ...). Empty when unknown.
+    training_data: str = ""
+    held_out: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = _problems(self)

@@ -22,6 +22,15 @@ from webapp.visuals import Visuals
 DISCLAIMER = ("Research demo, not a medical device and not a diagnosis. Any concerning skin "
               "lesion must be examined by a dermatologist.")
 THUMBNAIL_SIDE = 240
+DEMO_NOTES = {True: "Demo model: trained only on computer-drawn (synthetic) dermoscopy images; it "
+                    "has never seen a real lesion.",
+              False: "Demo model: untrained placeholder with random weights; its scores mean "
+                     "nothing."}
+
+
+def disclaimer_for(spec: ModelSpec) -> str:
+    """The disclaimer, led by what a demo model learned from when it is one."""
+    return f"{DEMO_NOTES[bool(spec.training_data)]} {DISCLAIMER}" if spec.demo else DISCLAIMER
 
 
 def single(analysis: Analysis, spec: ModelSpec, heatmap_png: bool = False) -> dict[str, Any]:
@@ -50,7 +59,7 @@ def single(analysis: Analysis, spec: ModelSpec, heatmap_png: bool = False) -> di
                   **precision_block(spec)},
         "demo": spec.demo,
         "timing_ms": dict(analysis.timing_ms),
-        "disclaimer": DISCLAIMER,
+        "disclaimer": disclaimer_for(spec),
     }
     if heatmap_png and analysis.visuals is not None:
         body["heatmap_png_base64"] = base64.b64encode(analysis.visuals.blended_png).decode()
