@@ -20,7 +20,7 @@ def random_images(size: int, count: int = 4, seed: int = 0) -> np.ndarray:
 
 
 def onnx_probabilities(model: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from webapp.runtime import ort
 
     spec = read_spec_file(model)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])

@@ -7,13 +7,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lightning as L
-import numpy as np
-import torch
-from sklearn.metrics import roc_auc_score
+from export.timm_runtime import make_torchvision_importable
 
-from evaluation.metrics import threshold_for_sensitivity
-from export.architectures import ARCHITECTURES
+# Lightning imports torchmetrics, which imports torchvision; see export/timm_runtime.py.
+make_torchvision_importable()
+
+import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from evaluation.metrics import threshold_for_sensitivity  # noqa: E402
+from export.architectures import ARCHITECTURES  # noqa: E402
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.02) -> float:

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# training.module first: it makes Lightning importable (export/timm_runtime.py).
+from training.module import MelanomaModule  # noqa: I001
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
@@ -24,7 +26,6 @@ from evaluation.dataset import read_labels
 from training.augment import Augment
 from training.data import LesionDataset, Normalise
 from training.folds import assign_folds
-from training.module import MelanomaModule
 from webapp.model_spec import IMAGENET_MEAN, IMAGENET_STD
 
 
