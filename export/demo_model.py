@@ -23,6 +23,24 @@ from webapp.model_spec import SpecError, read_spec_file  # noqa: E402
 
 DEMO_NAME = "demo-synthetic"
 CHECKPOINT_NAME = "demo-checkpoint.ckpt"
+# Drawn lesions (their own seed, apart from the training set's) whose feature statistics the
+# server compares uploads with, so photos unlike any lesion get a "not a lesion" warning.
+REFERENCE_IMAGES = 300
+REFERENCE_SEED = 31337
+
+
+def record_reference(output: Path, count: int = REFERENCE_IMAGES) -> int:
+    """Embed out-of-distribution reference statistics of `count` drawn lesions in the model."""
+    import numpy as np
+
+    from export.reference import embed, pooled_features
+    from training.synthetic import render_lesion
+    from webapp import ood
+
+    rng = np.random.default_rng(REFERENCE_SEED)
+    photos = (render_lesion(rng, bool(rng.random() < 0.1), 256)[0] for _ in range(count))
+    embed(output, ood.fit(pooled_features(output, photos)))
+    return count
 
 
 def build_untrained(output: Path, architecture: str, input_size: int) -> Path:
@@ -98,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.untrained:
             output = build_untrained(args.output, args.arch, args.input_size)
-            print(f"wrote {output}: UNTRAINED demo model (seeded random weights)")
+            record_reference(output)
+            print(f"wrote {output}: UNTRAINED demo model (seeded random weights), with "
+                  f"out-of-distribution statistics of {REFERENCE_IMAGES} drawn lesions")
             return 0
         output = build(args.output, recipe, progress=not args.quiet)
+        record_reference(output)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

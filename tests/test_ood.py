@@ -89,12 +89,20 @@ def test_export_refuses_an_empty_reference_folder(tiny_checkpoint: Path, tmp_pat
     assert "no images" in capsys.readouterr().err
 
 
-def test_lesions_pass_and_non_lesion_photos_are_warned(model_with_reference: Path) -> None:
+@pytest.fixture(params=["tiny export with --reference-images", "default demo model"])
+def warning_model(request: pytest.FixtureRequest, model_with_reference: Path) -> Path:
+    """The tiny model given reference images at export, and the model `make model` builds
+    (its reference statistics come from drawn lesions, export/demo_model.py)."""
+    if request.param == "default demo model":
+        return Path(request.getfixturevalue("full_demo_model"))
+    return model_with_reference
+
+
+def test_lesions_pass_and_non_lesion_photos_are_warned(warning_model: Path) -> None:
     from training.synthetic import render_lesion
     from webapp.app import create_app
 
-    client = create_app({"TESTING": True, "MODEL_PATH": str(model_with_reference)}
-                        ).test_client()
+    client = create_app({"TESTING": True, "MODEL_PATH": str(warning_model)}).test_client()
 
     def warned(pixels: np.ndarray) -> bool:
         body = client.post("/api/v1/predict?tta=none", data={
