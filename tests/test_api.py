@@ -66,7 +66,9 @@ def test_model_endpoint_returns_the_public_part_of_the_embedded_spec(
         client: FlaskClient, tiny_onnx_model: Path) -> None:
     body = client.get("/api/v1/model").get_json()
     spec = read_spec_file(tiny_onnx_model).as_dict()
-    # Everything shown is the spec's own value; what is held back: tests/test_anonymous_clients
+    # Everything shown is the spec's own value (precision is derived from its quantization
+    # record); what is held back: tests/test_anonymous_clients
+    assert body.pop("precision") == "fp32"
     assert body == {name: spec[name] for name in body}
     assert body["input_size"] == 64 and body["trained"] is True
 
