@@ -49,6 +49,17 @@ def rss_mib(pid: int) -> float:
     return status["VmRSS"]
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size of one process: each shared page split among its sharers, so
+    the PSS of a process tree adds up to its real footprint (RSS would count shared pages,
+    such as a fork server's with its children, once per process)."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no Pss for pid {pid}")
+
+
 def children(parent: int) -> list[int]:
     """Live direct children of `parent`."""
     return sorted(pid for pid in _all_pids() if _parent(pid) == parent)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import bombs, images
-from devtools.procs import rss_mib
+from devtools.procs import pss_mib
 from devtools.server import LiveServer, Reply, Upload
 from devtools.stack import serve_stack
 
@@ -26,13 +26,14 @@ ANSWER_SECONDS = 15.0
 HEALTH_SECONDS = 2.0
 
 
-def tree_rss_mib(root: int) -> float:
-    """RSS summed over a process and all its descendants (shared pages count twice)."""
+def tree_pss_mib(root: int) -> float:
+    """Memory of a process and all its descendants: their PSS summed (shared pages counted
+    once, split among the processes that share them)."""
     total, pending = 0.0, [root]
     while pending:
         pid = pending.pop()
         try:
-            total += rss_mib(pid)
+            total += pss_mib(pid)
             children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         except (OSError, AssertionError):
             continue
@@ -52,7 +53,7 @@ class Watch:
 
     def _sample_rss(self) -> None:
         while not self._stop.is_set():
-            self.peak_rss_mib = max(self.peak_rss_mib, tree_rss_mib(self.server.master_pid))
+            self.peak_rss_mib = max(self.peak_rss_mib, tree_pss_mib(self.server.master_pid))
             time.sleep(0.02)
 
     def _probe_health(self) -> None:
@@ -101,7 +102,7 @@ def _survives(server: LiveServer, data: bytes) -> tuple[Reply, Watch]:
 
 
 def _assert_contained(reply: Reply, watch: Watch, server: LiveServer) -> None:
-    summary = (f"status {reply.status} in {reply.seconds:.1f} s, peak RSS "
+    summary = (f"status {reply.status} in {reply.seconds:.1f} s, peak memory (PSS) "
                f"{watch.peak_rss_mib:.0f} MiB, slowest /healthz "
                f"{max(watch.health_seconds, default=0):.2f} s: {reply.text[:300]}")
     print(summary[:summary.index(":")])
