@@ -30,6 +30,7 @@ from export import fidelity  # noqa: E402
 from export.calibration import ImageReader, SourceImage, model_input, split_images  # noqa: E402
 from export.checkpoint import sha256_of  # noqa: E402
 from export.errors import ExportError  # noqa: E402
+from export.pipeline import embed_metadata  # noqa: E402
 from export.quantize import (KEEPABLE, METHODS, PLACEMENTS, QuantizeOptions,  # noqa: E402
                              quantize_model, shift_logit_bias)
 from webapp import tta  # noqa: E402
@@ -91,7 +92,7 @@ def export_int8(request: Int8Request) -> Int8Result:
         if request.bias_correction:
             props = _correct_logit_bias(request.fp32_model, partial, split.calibration,
                                         spec, props, request.threads)
-        _embed(partial, props)  # the fp32 spec for now, so the measurement can load it
+        embed_metadata(partial, props)  # the fp32 spec for now, so the measurement can load it
         measured = fidelity.measure(request.fp32_model, partial, split.held_out,
                                     request.fidelity_tta, request.threads)
         failures = tuple(measured.failures(request.limits))
@@ -107,7 +108,7 @@ def export_int8(request: Int8Request) -> Int8Result:
                   "fp32_model": {"name": request.fp32_model.name,
                                  "sha256": sha256_of(request.fp32_model)}}
         spec = dataclasses.replace(spec, quantization=record)
-        _embed(partial, {**props, SPEC_METADATA_KEY: spec.to_json()})
+        embed_metadata(partial, {**props, SPEC_METADATA_KEY: spec.to_json()})
         if spec_from_metadata(_metadata(partial)) != spec:
             raise ExportError("the INT8 spec read back differs from the one written")
         os.chmod(partial, 0o644)
@@ -125,15 +126,6 @@ def export_int8(request: Int8Request) -> Int8Result:
 def _metadata(path: Path) -> dict[str, str]:
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
-
-
-def _embed(path: Path, props: dict[str, str]) -> None:
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    model.producer_name = "melanoma-export"
-    onnx.save(model, str(path))
 
 
 def _correct_logit_bias(fp32_model: Path, int8_model: Path,

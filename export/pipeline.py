@@ -95,7 +95,7 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
                 else f"exported from {request.checkpoint.name}"),
             training_data=request.training_data, held_out=dict(request.held_out))
         fc_weight, fc_bias = built.cam_weights()
-        _embed(partial, {SPEC_METADATA_KEY: spec.to_json(),
+        embed_metadata(partial, {SPEC_METADATA_KEY: spec.to_json(),
                          CAM_WEIGHTS_METADATA_KEY: encode_cam_weights(fc_weight, fc_bias)})
         verify.check_graph(partial)
         _check_round_trip(partial, spec)
@@ -149,7 +149,8 @@ def _temporary_path(output: Path) -> Path:
     return Path(name)
 
 
-def _embed(path: Path, props: dict[str, str]) -> None:
+def embed_metadata(path: Path, props: dict[str, str]) -> None:
+    """Replace the model file's metadata_props with `props` (the spec, CAM weights, ...)."""
     model = onnx.load(str(path))
     del model.metadata_props[:]
     for key, value in props.items():
