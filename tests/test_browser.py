@@ -287,7 +287,7 @@ def test_a_refused_upload_keeps_the_chosen_file(visit: Any, photos: dict[str, Pa
     page.get_by_role("button", name="Analyse").click()
     alert = page.get_by_role("alert").filter(has_text="Could not analyse")
     alert.wait_for(state="visible")
-    assert "not an image" in alert.inner_text() or "not a photo" in alert.inner_text()
+    assert "the file is not an image format we read" in alert.inner_text().lower()
     assert file_input.evaluate("i => i.files.length && i.files[0].name") == "notes.jpg"
     assert "upload-error" in (file_input.get_attribute("aria-describedby") or "")
     assert page.get_by_role("button", name="Analyse").is_enabled()
