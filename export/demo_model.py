@@ -22,6 +22,7 @@ from export.pipeline import ExportRequest, export_checkpoint  # noqa: E402
 from webapp.model_spec import SpecError, read_spec_file  # noqa: E402
 
 DEMO_NAME = "demo-synthetic"
+UNTRAINED_NAME = "demo-untrained"
 CHECKPOINT_NAME = "demo-checkpoint.ckpt"
 # Drawn lesions (their own seed, apart from the training set's) whose feature statistics the
 # server compares uploads with, so photos unlike any lesion get a "not a lesion" warning.
@@ -49,14 +50,14 @@ def build_untrained(output: Path, architecture: str, input_size: int) -> Path:
     checkpoint = write_demo_checkpoint(output.with_name(CHECKPOINT_NAME), architecture,
                                        input_size)
     return export_checkpoint(ExportRequest(checkpoint=checkpoint, output=output,
-                                           name="demo-untrained", version="0",
+                                           name=UNTRAINED_NAME, version="0",
                                            demo=True)).output
 
 
 def build(output: Path, recipe: DemoRecipe, progress: bool = True) -> Path:
     """Generate the training set, train with the pipeline, export to `output`."""
     from training.synthetic import generate_dataset
-    from training.train import TrainConfig, fit
+    from training.train import TrainConfig, epoch_plan, fit
 
     work = output.with_name(output.stem + "-build")
     started = time.perf_counter()
@@ -67,7 +68,9 @@ def build(output: Path, recipe: DemoRecipe, progress: bool = True) -> Path:
         labels=data.labels_csv, images=data.images, out_dir=work / "checkpoints",
         arch=recipe.architecture, image_size=recipe.input_size, stages=recipe.stages,
         batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed, progress=progress,
-        max_minutes=recipe.max_minutes,
+        soft_target=recipe.soft_target,
+        # One validation, after the last stage: at 128 px it costs as much as 1/4 epoch.
+        validate_every=len(epoch_plan(recipe.stages)),
         extra_hparams={"training_data": recipe.training_data, "demo_seed": recipe.seed}))
     held_out = {"auc": round(result.val_auc, 4), "images": result.val_images,
                 "patients": result.val_patients}
@@ -102,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid one exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    wanted = UNTRAINED_NAME if args.untrained else DEMO_NAME
     if args.output.exists() and not args.force:
         try:
             spec = read_spec_file(args.output)
-            print(f"{args.output} already built ({spec.display_name}); --force rebuilds it")
-            return 0
+            if spec.name == wanted:
+                print(f"{args.output} already built ({spec.display_name}); --force rebuilds it")
+                return 0
+            print(f"rebuilding {args.output}: it holds {spec.name}, not {wanted}")
         except SpecError as error:
             print(f"rebuilding {args.output}: {error}")
     recipe = dataclasses.replace(
@@ -129,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stages(text: str) -> tuple[tuple[int, int], ...]:
-    return tuple((int(s), int(e)) for s, e in (part.split(":") for part in text.split(",")))
+def _stages(text: str) -> tuple[tuple[int, float], ...]:
+    from training.train import parse_stages
+
+    return parse_stages(text)
 
 
 if __name__ == "__main__":

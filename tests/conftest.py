@@ -50,12 +50,12 @@ def lesion_jpeg_bytes() -> bytes:
 
 @pytest.fixture(scope="session")
 def full_demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default demo model (resnest50_fast_4s1x64d, seeded, untrained): the one
-    `make model` builds and caches in models/, built here only if missing."""
+    """The default demo model (resnest50_fast_4s1x64d trained on drawn lesions): the one
+    `make model` builds and caches in models/, built here only if missing (about 6 min)."""
     from export import demo_model
 
     output = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
-    assert demo_model.main(["--untrained", "--output", str(output), "--quiet"]) == 0
+    assert demo_model.main(["--output", str(output), "--quiet"]) == 0
     return output
 
 

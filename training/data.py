@@ -1,14 +1,16 @@
 """ISIC-layout images as tensors: read, resize, augment, normalise."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from evaluation.dataset import LabelledImage
 from training.augment import Augment
@@ -23,6 +25,18 @@ class Normalise:
         mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
         pixels = (image.astype(np.float32) / 255.0 - mean) / std
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+def read_soft_targets(labels_csv: Path, column: str) -> dict[str, float]:
+    """A graded target in [0, 1] per image_name (e.g. the generator's `atypia`)."""
+    with labels_csv.open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows or column not in rows[0]:
+        raise ValueError(f"{labels_csv} has no column {column!r} to use as soft targets")
+    values = {row["image_name"].strip(): float(row[column]) for row in rows}
+    if not all(0.0 <= v <= 1.0 for v in values.values()):
+        raise ValueError(f"soft targets in {column!r} must lie within [0, 1]")
+    return values
 
 
 def read_rgb(path: Path, size: int) -> np.ndarray:
@@ -40,8 +54,12 @@ class LesionDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     CPU demo); `size` may change between epochs (progressive resizing)."""
 
     def __init__(self, items: Sequence[LabelledImage], load_size: int, normalise: Normalise,
-                 augment: Augment | None = None, seed: int = 0, cache: bool = True) -> None:
+                 augment: Augment | None = None, seed: int = 0, cache: bool = True,
+                 soft_targets: dict[str, float] | None = None) -> None:
         self.items = list(items)
+        # What the loss sees: the 0/1 label, or a graded target where one is given.
+        self.train_targets = [soft_targets[i.name] if soft_targets else float(i.target)
+                              for i in self.items]
         self.load_size = load_size
         self.size = load_size
         self.normalise = normalise
@@ -72,5 +90,28 @@ class LesionDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             image = self.augment(rng, image)
         if image.shape[0] != self.size:
             image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        target = torch.tensor([float(self.items[index].target)])
+        target = torch.tensor([self.train_targets[index]])
         return self.normalise(image), target
+
+
+class StageSampler(Sampler[int]):
+    """A fresh random order each epoch, cut to the current stage's share of the set, so a
+    stage can run a fraction of an epoch (a short fine-tune at the serving size)."""
+
+    def __init__(self, size: int, fractions: Sequence[float], seed: int) -> None:
+        self.size = size
+        self.fractions = list(fractions)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        fraction = self.fractions[min(self.epoch, len(self.fractions) - 1)]
+        return max(1, math.ceil(fraction * self.size))
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(
+            self.seed * 1000 + self.epoch))
+        return iter(order[: len(self)].tolist())

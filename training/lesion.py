@@ -25,7 +25,7 @@ PALETTE: dict[str, tuple[float, float, float]] = {
 }
 BENIGN_COLOURS = ("tan", "light_brown", "dark_brown")
 # Added in this order as a lesion gets more colours.
-ATYPICAL_COLOURS = ("dark_brown", "black", "blue_grey", "red", "white")
+ATYPICAL_COLOURS = ("black", "blue_grey", "dark_brown", "red", "white")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def draw_traits(rng: np.random.Generator, severity: float, base_colours: tuple[s
                 radius: float, elongation: float) -> LesionTraits:
     """Traits for a lesion of the given severity (0 = banal naevus, 1 = florid melanoma)."""
     s = float(np.clip(severity, 0.0, 1.0))
-    count = int(np.clip(round(1 + 4.2 * s + rng.normal(0, 0.5)), 1, 6))
+    count = int(np.clip(round(1 + 4.2 * s + rng.normal(0, 0.3)), 1, 6))
     colours = list(base_colours[: min(count, 2)])
     for extra in ATYPICAL_COLOURS:
         if len(colours) >= count:
@@ -64,7 +64,7 @@ def draw_traits(rng: np.random.Generator, severity: float, base_colours: tuple[s
     globules = ("peripheral" if rng.random() < 0.8 * s else
                 "regular" if rng.random() < 0.45 else "none")
     return LesionTraits(
-        radius=radius * rng.uniform(0.85, 1.15) * (1.0 + 0.35 * s),
+        radius=radius * rng.uniform(0.85, 1.15) * (1.0 + 0.7 * s),
         centre=(rng.uniform(0.38, 0.62), rng.uniform(0.38, 0.62)),
         elongation=elongation * rng.uniform(0.95, 1.05),
         angle=rng.uniform(0, np.pi),
@@ -75,7 +75,7 @@ def draw_traits(rng: np.random.Generator, severity: float, base_colours: tuple[s
         network=network,
         globules=globules,
         streaks=bool(rng.random() < 0.55 * s ** 2),
-        veil=bool(rng.random() < 0.9 * s ** 1.6),
+        veil=bool(rng.random() < s ** 1.1),
         regression=bool(rng.random() < 0.55 * s ** 2),
         vessels=bool(rng.random() < 0.35 * s ** 2),
         edge_width=float(np.clip(0.28 - 0.22 * s + rng.normal(0, 0.03), 0.04, 0.35)),

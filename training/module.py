@@ -1,7 +1,9 @@
 """The LightningModule: one melanoma logit, weighted BCE, AUC on the held-out fold.
 
 Its `hyper_parameters` (arch, image_size, mean, std, threshold) are what `export/to_onnx.py`
-reads, so the exported model preprocesses exactly as training did."""
+reads, so the exported model preprocesses exactly as training did. The saved head is
+calibrated on the held-out fold (Platt scaling), so served scores are probabilities of the
+label rather than whatever the loss's weighting or graded targets made them."""
 from __future__ import annotations
 
 import math
@@ -15,10 +17,12 @@ make_torchvision_importable()
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from evaluation.metrics import threshold_for_sensitivity  # noqa: E402
 from export.architectures import ARCHITECTURES  # noqa: E402
+from export.graph import classifier_of  # noqa: E402
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.02) -> float:
@@ -38,6 +42,15 @@ def operating_threshold(targets: np.ndarray, scores: np.ndarray, sensitivity: fl
                          1 - 1e-4))
 
 
+def platt_scaling(targets: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """(scale, shift) so that sigmoid(scale * logit + shift) matches the labels' frequency;
+    (1, 0) when the fold has a single class."""
+    if not 0 < targets.sum() < targets.size:
+        return 1.0, 0.0
+    fitted = LogisticRegression(C=1e4).fit(logits.reshape(-1, 1), targets)
+    return float(fitted.coef_[0, 0]), float(fitted.intercept_[0])
+
+
 class MelanomaModule(L.LightningModule):
     def __init__(self, arch: str, image_size: int, mean: tuple[float, float, float],
                  std: tuple[float, float, float], pos_weight: float = 1.0, lr: float = 1e-3,
@@ -48,8 +61,9 @@ class MelanomaModule(L.LightningModule):
         self.model = ARCHITECTURES[arch].build(1)
         _zero_init_residuals(self.model)
         self.loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
-        self._scores: list[torch.Tensor] = []
+        self._logits: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
+        self._calibration = (1.0, 0.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -64,19 +78,34 @@ class MelanomaModule(L.LightningModule):
         images, targets = batch
         logits = self(images)
         self.log("val_loss", self.loss(logits, targets), prog_bar=False)
-        self._scores.append(torch.sigmoid(logits.float()).flatten().cpu())
+        self._logits.append(logits.float().flatten().cpu())
         self._targets.append(targets.flatten().cpu())
 
     def on_validation_epoch_end(self) -> None:
-        scores = torch.cat(self._scores).numpy()
+        logits = torch.cat(self._logits).numpy().astype(np.float64)
         targets = torch.cat(self._targets).numpy().astype(int)
-        self._scores.clear()
+        self._logits.clear()
         self._targets.clear()
-        auc = float(roc_auc_score(targets, scores)) if 0 < targets.sum() < targets.size else 0.5
+        auc = float(roc_auc_score(targets, logits)) if 0 < targets.sum() < targets.size else 0.5
         self.log("val_auc", auc, prog_bar=True)
-        # Saved with the checkpoint of this epoch: the operating point travels with the weights.
+        # Saved with the checkpoint of this epoch: calibration and operating point travel
+        # with the weights.
+        self._calibration = platt_scaling(targets, logits)
+        scale, shift = self._calibration
+        scores = 1.0 / (1.0 + np.exp(-(scale * logits + shift)))
         self.hparams["threshold"] = operating_threshold(
             targets, scores, self.hparams["target_sensitivity"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fold the held-out fold's calibration into the saved head (training goes on with
+        the raw one)."""
+        scale, shift = self._calibration
+        head = next(name for name, module in self.model.named_modules()
+                    if module is classifier_of(self.model))
+        state = checkpoint["state_dict"]
+        state[f"model.{head}.weight"] = state[f"model.{head}.weight"] * scale
+        state[f"model.{head}.bias"] = state[f"model.{head}.bias"] * scale + shift
+        checkpoint["hyper_parameters"]["calibration"] = {"scale": scale, "shift": shift}
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"],

@@ -3,9 +3,11 @@
     python -m training.train --labels train.csv --images jpeg --out runs/fold0
 
 Patient-grouped stratified folds, positive-class weighting, flips/transposes/scale/colour
-jitter, warm-up + cosine schedule, AUC-based checkpointing and early stopping, mixed
-precision on a GPU. The best checkpoint is a Lightning .ckpt that `export/to_onnx.py`
-exports with no flags.
+jitter, warm-up + cosine schedule, progressive resizing (stages may be fractions of an
+epoch), AUC-based checkpointing and early stopping, mixed precision on a GPU, optional
+graded targets (`--soft-target atypia` on generated data), outputs calibrated on the
+held-out fold. The best checkpoint is a Lightning .ckpt that `export/to_onnx.py` exports
+with no flags.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from evaluation.dataset import read_labels
 from training.augment import Augment
-from training.data import LesionDataset, Normalise
+from training.data import LesionDataset, Normalise, StageSampler, read_soft_targets
 from training.folds import assign_folds
 from webapp.model_spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -36,8 +38,9 @@ class TrainConfig:
     out_dir: Path
     arch: str = "resnest50_fast_4s1x64d"
     image_size: int = 128
-    # (train size, epochs) stages: small images first, the serving size last.
-    stages: tuple[tuple[int, int], ...] = ((128, 10),)
+    # (train size, epochs) stages: small images first, the serving size last; an epoch
+    # count may be fractional (128, 0.25) for a short fine-tune.
+    stages: tuple[tuple[int, float], ...] = ((128, 10),)
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -48,6 +51,11 @@ class TrainConfig:
     patience: int = 3
     target_sensitivity: float = 0.9
     max_minutes: float | None = None
+    # Validate every n-th epoch (a CPU demo validates once, at the end).
+    validate_every: int = 1
+    # A CSV column of graded targets in [0, 1] the loss regresses instead of `target`
+    # (the generator's latent `atypia`); AUC, threshold and calibration still use `target`.
+    soft_target: str | None = None
     workers: int = 0
     accelerator: str = "auto"
     progress: bool = True
@@ -67,17 +75,35 @@ class TrainResult:
     val_patients: int
 
 
-class _Stages(Callback):
-    """Progressive resizing, and a fresh augmentation draw each epoch."""
+def epoch_plan(stages: tuple[tuple[int, float], ...]) -> list[tuple[int, float]]:
+    """(size, share of the training set) for each epoch: (64, 1.5) -> 64 px for one whole
+    epoch, then one of half an epoch."""
+    plan: list[tuple[int, float]] = []
+    for size, epochs in stages:
+        if epochs <= 0:
+            raise ValueError(f"stage {size}:{epochs} must run a positive number of epochs")
+        whole, part = int(epochs), epochs - int(epochs)
+        plan += [(size, 1.0)] * whole + ([(size, part)] if part > 1e-9 else [])
+    return plan
 
-    def __init__(self, dataset: LesionDataset, stages: tuple[tuple[int, int], ...]) -> None:
+
+class _Stages(Callback):
+    """Progressive resizing, a stage's share of the set, a fresh augmentation draw each epoch."""
+
+    def __init__(self, dataset: LesionDataset, sampler: StageSampler,
+                 plan: list[tuple[int, float]]) -> None:
         self.dataset = dataset
-        self.sizes = [size for size, epochs in stages for _ in range(epochs)]
+        self.sampler = sampler
+        self.sizes = [size for size, _ in plan]
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         self.dataset.epoch = epoch
         self.dataset.size = self.sizes[min(epoch, len(self.sizes) - 1)]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Lightning reads the next epoch's length before any epoch-start hook runs.
+        self.sampler.set_epoch(trainer.current_epoch + 1)
 
 
 def fit(config: TrainConfig) -> TrainResult:
@@ -92,16 +118,25 @@ def fit(config: TrainConfig) -> TrainResult:
     val_items = [i for i, f in zip(items, folds, strict=True) if f == config.fold]
     normalise = Normalise(config.mean, config.std)
     load_size = max([config.image_size] + [size for size, _ in config.stages])
-    train_set = LesionDataset(train_items, load_size, normalise, Augment(), config.seed)
+    soft = read_soft_targets(config.labels, config.soft_target) if config.soft_target else None
+    train_set = LesionDataset(train_items, load_size, normalise, Augment(), config.seed,
+                              soft_targets=soft)
     val_set = LesionDataset(val_items, config.image_size, normalise)
     positives = sum(train_set.targets())
     if positives == 0 or positives == len(train_set):
         raise ValueError("the training folds need both melanomas and benign lesions")
-    epochs = sum(e for _, e in config.stages)
-    steps = epochs * -(-len(train_set) // config.batch_size)
+    plan = epoch_plan(config.stages)
+    sampler = StageSampler(len(train_set), [share for _, share in plan], config.seed)
+    drop_last = len(train_set) >= 2 * config.batch_size
+    steps = 0
+    for sampler.epoch in range(len(plan)):
+        steps += (len(sampler) // config.batch_size if drop_last
+                  else -(-len(sampler) // config.batch_size))
+    sampler.epoch = 0
     module = MelanomaModule(
         config.arch, config.image_size, config.mean, config.std,
-        pos_weight=(len(train_set) - positives) / positives, lr=config.lr,
+        # Graded targets are not a rare class to up-weight.
+        pos_weight=1.0 if soft else (len(train_set) - positives) / positives, lr=config.lr,
         weight_decay=config.weight_decay, warmup_steps=int(config.warmup_fraction * steps),
         total_steps=steps, target_sensitivity=config.target_sensitivity)
     module.hparams.update(config.extra_hparams)
@@ -111,19 +146,21 @@ def fit(config: TrainConfig) -> TrainResult:
         save_weights_only=True)
     gpu = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator=config.accelerator, devices=1,
+        max_epochs=len(plan), accelerator=config.accelerator, devices=1,
+        check_val_every_n_epoch=config.validate_every,
+        # The sampler's length changes with the stage; Lightning re-reads it each epoch.
+        reload_dataloaders_every_n_epochs=1,
         precision="16-mixed" if gpu else "32-true", deterministic="warn",
-        callbacks=[checkpoint, _Stages(train_set, config.stages),
+        callbacks=[checkpoint, _Stages(train_set, sampler, plan),
                    EarlyStopping(monitor="val_auc", mode="max", patience=config.patience)],
         logger=False, enable_progress_bar=config.progress, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=5,
         max_time=_duration(config.max_minutes))
-    generator = torch.Generator().manual_seed(config.seed)
     trainer.fit(module,
-                DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                           generator=generator, num_workers=config.workers,
+                DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+                           num_workers=config.workers,
                            # A last batch of one would break BatchNorm; tiny sets keep it.
-                           drop_last=len(train_set) >= 2 * config.batch_size),
+                           drop_last=drop_last),
                 DataLoader(val_set, batch_size=64, num_workers=config.workers))
     if not checkpoint.best_model_path:
         raise ValueError("training saved no checkpoint: no epoch reached validation")
@@ -143,9 +180,10 @@ def _duration(minutes: float | None) -> str | None:
     return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _stages(text: str) -> tuple[tuple[int, int], ...]:
+def parse_stages(text: str) -> tuple[tuple[int, float], ...]:
+    """SIZE:EPOCHS,... as in 64:1,128:0.25."""
     pairs = [part.split(":") for part in text.split(",") if part]
-    return tuple((int(size), int(epochs)) for size, epochs in pairs)
+    return tuple((int(size), float(epochs)) for size, epochs in pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default=TrainConfig.arch, help="ResNeSt architecture")
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size,
                         help="input side the model will be served at")
-    parser.add_argument("--stages", type=_stages, default=None,
+    parser.add_argument("--stages", type=parse_stages, default=None,
                         help="progressive resizing as SIZE:EPOCHS,... (default: "
                              "image-size for --epochs)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs when --stages is unset")
@@ -169,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=TrainConfig.patience,
                         help="epochs without a better val AUC before stopping")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    parser.add_argument("--validate-every", type=int, default=1, help="validate every n epochs")
+    parser.add_argument("--soft-target", default=None,
+                        help="CSV column of graded targets in [0, 1] to regress (generated "
+                             "data's `atypia`); AUC and threshold still use `target`")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -178,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size, stages=args.stages or ((args.image_size, args.epochs),),
         batch_size=args.batch_size, lr=args.lr, folds=args.folds, fold=args.fold,
         seed=args.seed, patience=args.patience, max_minutes=args.max_minutes,
-        workers=args.workers, accelerator=args.accelerator, progress=not args.quiet)
+        workers=args.workers, accelerator=args.accelerator, progress=not args.quiet,
+        validate_every=args.validate_every, soft_target=args.soft_target)
     result = fit(config)
     print(f"best checkpoint {result.checkpoint}: val AUC {result.val_auc:.4f} on "
           f"{result.val_images} images of {result.val_patients} patients, threshold "
