@@ -67,7 +67,7 @@ class DemoRecipe:
     seed: int = DEMO_SEED
     stages: tuple[tuple[int, float], ...] = ((64, 1.0), (128, 0.25))
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 4e-3
     soft_target: str = "atypia"
 
     @property

@@ -28,6 +28,7 @@ CHECKPOINT_NAME = "demo-checkpoint.ckpt"
 # server compares uploads with, so photos unlike any lesion get a "not a lesion" warning.
 REFERENCE_IMAGES = 300
 REFERENCE_SEED = 31337
+REFERENCE_SIZES = (128, 192, 256)
 
 
 def record_reference(output: Path, count: int = REFERENCE_IMAGES) -> int:
@@ -39,7 +40,10 @@ def record_reference(output: Path, count: int = REFERENCE_IMAGES) -> int:
     from webapp import ood
 
     rng = np.random.default_rng(REFERENCE_SEED)
-    photos = (render_lesion(rng, bool(rng.random() < 0.1), 256)[0] for _ in range(count))
+    # Drawn at several resolutions, as uploads come: a trained model's features tell a
+    # 128 px rendering from a 256 px one, and a single size made smaller ones look foreign.
+    photos = (render_lesion(rng, bool(rng.random() < 0.1), REFERENCE_SIZES[i % 3])[0]
+              for i in range(count))
     embed(output, ood.fit(pooled_features(output, photos)))
     return count
 
