@@ -11,9 +11,10 @@ from export.pipeline import ExportRequest, export_checkpoint
 from tests.conftest import TINY_ARCH
 from training.augment import Augment
 from training.folds import assign_folds
-from training.module import operating_threshold, warmup_cosine
+from training.data import StageSampler, read_soft_targets
+from training.module import operating_threshold, platt_scaling, warmup_cosine
 from training.synthetic import generate_dataset, plan_dataset
-from training.train import TrainConfig, fit, main
+from training.train import TrainConfig, epoch_plan, fit, main
 
 
 def test_folds_keep_each_patient_on_one_side_and_spread_melanomas() -> None:
@@ -103,3 +104,51 @@ def test_cli_reports_the_best_checkpoint(tmp_path: Path,
     out = capsys.readouterr().out
     assert "best checkpoint" in out and "val AUC" in out
     assert list((tmp_path / "run").glob("*.ckpt"))
+
+
+def test_stages_may_be_fractions_of_an_epoch() -> None:
+    assert epoch_plan(((64, 1.5), (128, 0.25))) == [(64, 1.0), (64, 0.5), (128, 0.25)]
+    with pytest.raises(ValueError, match="positive"):
+        epoch_plan(((64, 0),))
+
+
+def test_stage_sampler_draws_the_stage_share_without_repeats() -> None:
+    sampler = StageSampler(10, [1.0, 0.25], seed=3)
+    whole = list(sampler)
+    sampler.set_epoch(1)
+    quarter = list(sampler)
+    assert sorted(whole) == list(range(10))
+    assert len(sampler) == 3 and len(quarter) == 3 and len(set(quarter)) == 3
+
+
+def test_platt_scaling_recovers_a_known_calibration() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, 20_000)
+    targets = (rng.random(logits.size) < 1 / (1 + np.exp(-(0.5 * logits - 1.0)))).astype(int)
+    scale, shift = platt_scaling(targets, logits)
+    assert scale == pytest.approx(0.5, abs=0.05) and shift == pytest.approx(-1.0, abs=0.08)
+    assert platt_scaling(np.zeros(5, int), logits[:5]) == (1.0, 0.0)
+
+
+def test_soft_targets_come_from_a_column_within_zero_and_one(tmp_path: Path) -> None:
+    data = generate_dataset(tmp_path / "d", 12, seed=3, size=32, melanoma_fraction=0.3)
+    atypia = read_soft_targets(data.labels_csv, "atypia")
+    assert len(atypia) == 12 and all(0 <= v <= 1 for v in atypia.values())
+    with pytest.raises(ValueError, match="no column"):
+        read_soft_targets(data.labels_csv, "severity")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image_name,target,atypia\nISIC_1,0,1.5\n")
+    with pytest.raises(ValueError, match="within"):
+        read_soft_targets(bad, "atypia")
+
+
+def test_graded_targets_train_and_the_saved_head_is_calibrated(tmp_path: Path) -> None:
+    data = generate_dataset(tmp_path / "data", 40, seed=6, size=32, melanoma_fraction=0.3)
+    result = fit(TrainConfig(labels=data.labels_csv, images=data.images,
+                             out_dir=tmp_path / "run", arch=TINY_ARCH, image_size=32,
+                             stages=((32, 1), (32, 0.5)), batch_size=8, folds=3,
+                             validate_every=2, soft_target="atypia", progress=False))
+    saved = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 1  # validated once, after the second (half) epoch
+    calibration = saved["hyper_parameters"]["calibration"]
+    assert calibration["scale"] != 1.0 and calibration["shift"] != 0.0
