@@ -106,3 +106,5 @@ def test_form_and_api_score_a_drawn_melanoma_above_the_threshold_and_a_naevus_be
                           page.get_data(as_text=True))
         assert shown is not None
         assert float(shown.group(1)) == pytest.approx(body["probability"], abs=1e-6)
+        assert ("Demo model trained on drawn lesions: this number says nothing about real "
+                "skin.") in page.get_data(as_text=True)
