@@ -5,8 +5,9 @@ calibration set size, parts kept fp32, QDQ placement, bias correction); all are 
 against the fp32 model on the same held-out images, and timed on one thread (CPU time of
 one 8-view batch, robust to other work on a shared machine).
 
-    python -m bench.int8_ablation /tmp/melanoma-bench/128/default.onnx \\
-        --images /tmp/lesions --held-out 300 --json bench/int8-ablation.json
+    python -m training.synthetic /tmp/int8/data --images 2300 --seed 99 --size 128
+    python -m bench.int8_ablation models/default.onnx --images /tmp/int8/data \\
+        --held-out 2000 --json bench/int8-ablation.json
 """
 from __future__ import annotations
 
@@ -29,29 +30,36 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
+from export.calibration import split_images  # noqa: E402
 from export.errors import ExportError  # noqa: E402
+from export.fidelity import answer  # noqa: E402
 from export.int8 import Int8Request, export_int8  # noqa: E402
 from export.quantize import QuantizeOptions  # noqa: E402
+from webapp.classifier import Classifier  # noqa: E402
 
-BASE = QuantizeOptions(method="minmax", per_channel=True, keep_fp32=(), placement="all",
-                       calibration_size=64)
+BASE = QuantizeOptions()  # the export's defaults
 
 
 def variants(base: QuantizeOptions) -> list[tuple[str, QuantizeOptions, bool]]:
-    """(label, options, bias correction), one choice changed at a time."""
+    """(label, options, bias correction), one choice changed at a time from the defaults."""
     r = dataclasses.replace
     return [
-        ("base: minmax, per-channel, all QDQ, nothing kept fp32, 64 images", base, False),
-        ("per-tensor weights", r(base, per_channel=False), False),
-        ("calibration entropy", r(base, method="entropy"), False),
-        ("calibration percentile 99.999", r(base, method="percentile"), False),
-        ("calibration 16 images", r(base, calibration_size=16), False),
-        ("calibration 256 images", r(base, calibration_size=256), False),
-        ("keep first conv fp32", r(base, keep_fp32=("first-conv",)), False),
-        ("keep classifier fp32", r(base, keep_fp32=("classifier",)), False),
-        ("keep CAM features fp32", r(base, keep_fp32=("classifier", "features")), False),
-        ("QDQ around Conv only", r(base, placement="conv"), False),
-        ("logit bias correction (+classifier fp32)", r(base, keep_fp32=("classifier",)), True),
+        ("defaults: minmax, per-channel, first conv + classifier fp32, "
+         f"{base.calibration_size} images, logit bias correction", base, True),
+        ("no bias correction", base, False),
+        ("nothing kept fp32, no bias correction", r(base, keep_fp32=()), False),
+        ("calibration percentile 99.999", r(base, method="percentile"), True),
+        ("calibration entropy", r(base, method="entropy"), True),
+        ("calibration 16 images", r(base, calibration_size=16), True),
+        ("calibration 256 images", r(base, calibration_size=256), True),
+        ("per-tensor weights", r(base, per_channel=False), True),
+        ("QDQ around Conv only", r(base, placement="conv"), True),
+        ("7-bit weights (reduce_range)", r(base, reduce_range=True), True),
+        ("CAM features (last Add + Relu) fp32 too",
+         r(base, keep_fp32=(*base.keep_fp32, "features")), True),
+        ("last stage (layer4) fp32 too", r(base, keep_fp32=(*base.keep_fp32, "last-stage")), True),
+        ("last two stages (layer3-4) fp32 too",
+         r(base, keep_fp32=(*base.keep_fp32, "last-two-stages")), True),
     ]
 
 
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="the exported fp32 .onnx")
     parser.add_argument("--images", type=Path, required=True,
                         help="folder or ISIC layout: calibration and held-out images")
-    parser.add_argument("--held-out", type=int, default=300, help="held-out images per variant")
+    parser.add_argument("--held-out", type=int, default=2000, help="held-out images per variant")
     parser.add_argument("--only", nargs="*", type=int, help="run only these variant indices")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per model")
     parser.add_argument("--json", type=Path, default=Path("bench/int8-ablation.json"),
@@ -88,9 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from webapp.model_spec import read_spec_file
 
-    size = read_spec_file(args.model).input_size
+    spec = read_spec_file(args.model)
+    size = spec.input_size
     rows: list[dict[str, Any]] = []
     fp32_ms = cpu_ms(args.model, size, args.repeats)
+    # Every variant is compared on the same held-out images, so fp32 runs over them once.
+    held_out = split_images(args.images, max(o.calibration_size for _, o, _ in variants(BASE)),
+                            args.held_out).held_out
+    fp32_answers = answer(Classifier(args.model, intra_op_threads=1), held_out)
     with tempfile.TemporaryDirectory() as scratch:
         cache = args.cache_dir or Path(scratch)
         cache.mkdir(parents=True, exist_ok=True)
@@ -102,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = export_int8(Int8Request(
                     args.model, args.images, output, options, held_out_images=args.held_out,
-                    enforce_limits=False, bias_correction=correct,
+                    enforce_limits=False, bias_correction=correct, fp32_answers=fp32_answers,
                     calibration_cache=cache / f"ranges-{options.method}-"
                     f"{options.calibration_size}.json"))
             except ExportError as error:

@@ -121,11 +121,20 @@ def compare(reference: Answers, candidate: Answers, images: Sequence[SourceImage
 
 
 def measure(fp32_model: Path, int8_model: Path, images: Sequence[SourceImage],
-            policy: str = "none", threads: int = 1) -> Fidelity:
-    """Both models over the held-out images; the threshold is the fp32 spec's."""
+            policy: str = "none", threads: int = 1,
+            fp32_answers: Answers | None = None) -> Fidelity:
+    """Both models over the held-out images; the threshold is the fp32 spec's.
+
+    `fp32_answers`, the fp32 model already run over `images` with `policy`, saves running
+    it again when several INT8 variants of one model are compared.
+    """
     reference = Classifier(fp32_model, intra_op_threads=threads)
+    if fp32_answers is None:
+        fp32_answers = answer(reference, images, policy)
+    elif len(fp32_answers.probabilities) != len(images):
+        raise ValueError("fp32 answers were computed on other images")
     candidate = Classifier(int8_model, intra_op_threads=threads)
-    return compare(answer(reference, images, policy), answer(candidate, images, policy),
+    return compare(fp32_answers, answer(candidate, images, policy),
                    images, reference.spec.threshold, policy)
 
 

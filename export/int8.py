@@ -56,6 +56,7 @@ class Int8Request:
     bias_correction: bool = True
     threads: int = 1
     calibration_cache: Path | None = None  # activation ranges, reused across variants
+    fp32_answers: fidelity.Answers | None = None  # the fp32 model on the held-out images
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def export_int8(request: Int8Request) -> Int8Result:
                                         spec, props, request.threads)
         embed_metadata(partial, props)  # the fp32 spec for now, so the measurement can load it
         measured = fidelity.measure(request.fp32_model, partial, split.held_out,
-                                    request.fidelity_tta, request.threads)
+                                    request.fidelity_tta, request.threads,
+                                    request.fp32_answers)
         failures = tuple(measured.failures(request.limits))
         if failures and request.enforce_limits:
             raise FidelityError(

@@ -7,6 +7,7 @@ what kept fidelity there.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from export.errors import ExportError  # noqa: E402
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
-KEEPABLE = ("first-conv", "classifier", "features")
+KEEPABLE = ("first-conv", "last-stage", "last-two-stages", "classifier", "features")
 PLACEMENTS = ("all", "conv")  # QDQ around every op ORT can quantize, or around Conv only
 
 
@@ -38,6 +39,9 @@ class QuantizeOptions:
     placement: str = "all"
     calibration_size: int = 128
     percentile: float = 99.999
+    # 7-bit weights: AVX2 without VNNI multiplies u8 x s8 pairs into saturating int16
+    # (vpmaddubsw), so full-range weights can overflow there.
+    reduce_range: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -55,7 +59,7 @@ class QuantizeOptions:
             "format": "QDQ", "activations": "uint8", "weights": "int8",
             "per_channel": self.per_channel, "calibration_method": self.method,
             "calibration_images": self.calibration_size, "kept_fp32": list(self.keep_fp32),
-            "qdq_placement": self.placement}
+            "qdq_placement": self.placement, "reduce_range": self.reduce_range}
         if self.method == "percentile":
             record["percentile"] = self.percentile
         return record
@@ -78,7 +82,7 @@ def quantize_model(fp32_path: Path, int8_path: Path, reader: CalibrationDataRead
             quantize_static(
                 str(prepared), str(int8_path), reader, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=["Conv"] if options.placement == "conv" else None,
-                per_channel=options.per_channel, reduce_range=False,
+                per_channel=options.per_channel, reduce_range=options.reduce_range,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded, calibrate_method=METHODS[options.method],
                 extra_options=extra, calibration_cache_path=calibration_cache)
@@ -94,6 +98,10 @@ def nodes_kept_fp32(model: onnx.ModelProto, keep: tuple[str, ...],
     if "first-conv" in keep:
         inputs = {i.name for i in graph.input}
         excluded += [n.name for n in graph.node if n.op_type == "Conv" and n.input[0] in inputs]
+    if "last-two-stages" in keep:
+        excluded += _last_stages(graph, 2)
+    elif "last-stage" in keep:
+        excluded += _last_stages(graph, 1)
     if "classifier" in keep:
         excluded += [n.name for n in _downstream(graph, features_name)]
     if "features" in keep:
@@ -105,6 +113,18 @@ def nodes_kept_fp32(model: onnx.ModelProto, keep: tuple[str, ...],
             excluded.append(node.name)
             node = producer.get(node.input[0]) if node.op_type == "Relu" else None
     return excluded
+
+
+_STAGE = re.compile(r"^/layer(\d+)/")  # ResNet-family stages as torch.onnx names them
+
+
+def _last_stages(graph: onnx.GraphProto, count: int) -> list[str]:
+    """The nodes of the `count` deepest residual stages (layer4, then layer3, in a ResNeSt)."""
+    stages = sorted({int(m.group(1)) for n in graph.node if (m := _STAGE.match(n.name))})
+    if not stages:
+        raise ExportError("cannot keep the last stage in fp32: no /layerN/ nodes in the graph")
+    prefixes = tuple(f"/layer{stage}/" for stage in stages[-count:])
+    return [n.name for n in graph.node if n.name.startswith(prefixes)]
 
 
 def _downstream(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:

@@ -7,13 +7,16 @@ from pathlib import Path
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
+import numpy as np  # noqa: E402
 import onnx  # noqa: E402
+import onnx.numpy_helper  # noqa: E402
 import pytest  # noqa: E402
 
 from bench.lesion_images import write_isic_folder  # noqa: E402
 from export import int8, to_onnx  # noqa: E402
 from export.fidelity import FidelityLimits  # noqa: E402
-from export.quantize import QuantizeOptions  # noqa: E402
+from export.errors import ExportError  # noqa: E402
+from export.quantize import QuantizeOptions, nodes_kept_fp32  # noqa: E402
 from webapp.model_spec import ModelSpec, read_spec_file  # noqa: E402
 
 CALIBRATION = 8
@@ -61,6 +64,39 @@ def test_first_conv_and_classifier_stay_fp32(int8_model: int8.Int8Result) -> Non
     assert producer.get(first_conv.input[1]) is None
     later_conv = [node for node in graph.node if node.op_type == "Conv"][5]
     assert producer[later_conv.input[1]].op_type == "DequantizeLinear"
+
+
+@pytest.mark.parametrize("keep, fp32_stages", [("last-stage", ("/layer4/",)),
+                                               ("last-two-stages", ("/layer3/", "/layer4/"))])
+def test_kept_stages_stay_fp32_and_the_stage_before_is_int8(
+        tiny_onnx_model: Path, lesion_folder: Path, tmp_path: Path, keep: str,
+        fp32_stages: tuple[str, ...]) -> None:
+    options = QuantizeOptions(method="minmax", calibration_size=CALIBRATION,
+                              keep_fp32=("first-conv", "classifier", keep))
+    result = int8.export_int8(int8.Int8Request(
+        tiny_onnx_model, lesion_folder, tmp_path / "kept.int8.onnx", options,
+        held_out_images=4, limits=LOOSE))
+    graph = onnx.load(str(result.output)).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    kept = [node for node in convs if node.name.startswith(fp32_stages)]
+    before = f"/layer{int(fp32_stages[0][6]) - 1}/"
+    quantised = [node for node in convs if node.name.startswith(before)]
+    assert kept and quantised
+    assert all(producer.get(node.input[1]) is None for node in kept)
+    assert all(producer[node.input[1]].op_type == "DequantizeLinear" for node in quantised)
+    assert keep in result.spec.quantization["kept_fp32"]
+
+
+def test_keeping_the_last_stage_needs_named_stages() -> None:
+    conv = onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    graph = onnx.helper.make_graph(
+        [conv], "unnamed", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                               [1, 1, 4, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")])
+    with pytest.raises(ExportError, match="last stage"):
+        nodes_kept_fp32(onnx.helper.make_model(graph), ("last-stage",), "features")
 
 
 def test_fidelity_against_fp32_is_in_the_spec(int8_model: int8.Int8Result) -> None:
