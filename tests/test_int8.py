@@ -13,10 +13,12 @@ import onnx.numpy_helper  # noqa: E402
 import pytest  # noqa: E402
 
 from bench.lesion_images import write_isic_folder  # noqa: E402
-from export import int8, to_onnx  # noqa: E402
+from export import fidelity, int8, to_onnx  # noqa: E402
+from export.calibration import split_images  # noqa: E402
 from export.fidelity import FidelityLimits  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.quantize import QuantizeOptions, nodes_kept_fp32  # noqa: E402
+from webapp.classifier import Classifier  # noqa: E402
 from webapp.model_spec import ModelSpec, read_spec_file  # noqa: E402
 
 CALIBRATION = 8
@@ -97,6 +99,17 @@ def test_keeping_the_last_stage_needs_named_stages() -> None:
         [onnx.numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")])
     with pytest.raises(ExportError, match="last stage"):
         nodes_kept_fp32(onnx.helper.make_model(graph), ("last-stage",), "features")
+
+
+def test_fp32_answers_given_once_give_the_same_fidelity(
+        int8_model: int8.Int8Result, tiny_onnx_model: Path, lesion_folder: Path) -> None:
+    held_out = split_images(lesion_folder, CALIBRATION, HELD_OUT).held_out
+    answers = fidelity.answer(Classifier(tiny_onnx_model), held_out)
+    given = fidelity.measure(tiny_onnx_model, int8_model.output, held_out,
+                             fp32_answers=answers)
+    assert given == fidelity.measure(tiny_onnx_model, int8_model.output, held_out)
+    with pytest.raises(ValueError, match="other images"):
+        fidelity.measure(tiny_onnx_model, int8_model.output, held_out[1:], fp32_answers=answers)
 
 
 def test_fidelity_against_fp32_is_in_the_spec(int8_model: int8.Int8Result) -> None:
