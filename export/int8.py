@@ -170,6 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="parts left unquantised")
     group.add_argument("--per-tensor", action="store_true",
                        help="one weight scale per tensor instead of per output channel")
+    group.add_argument("--reduce-range", action="store_true",
+                       help="7-bit weights, the usual cure for saturation in AVX2's u8s8 "
+                            "multiply (it did not help on the demo model)")
     group.add_argument("--qdq-placement", choices=PLACEMENTS, default=QuantizeOptions.placement,
                        help="QDQ around every quantisable op, or around convolutions only")
     group.add_argument("--bias-correction", action=argparse.BooleanOptionalAction,
@@ -195,7 +198,8 @@ def request_from_args(fp32_model: Path, args: argparse.Namespace,
         raise ExportError("--int8 needs --calibration-images DIR")
     options = QuantizeOptions(method=args.calibration_method, per_channel=not args.per_tensor,
                               keep_fp32=tuple(args.keep_fp32), placement=args.qdq_placement,
-                              calibration_size=args.calibration_size)
+                              calibration_size=args.calibration_size,
+                              reduce_range=args.reduce_range)
     limits = fidelity.FidelityLimits(args.max_auc_change, args.max_p99_delta,
                                      args.max_flip_rate)
     return Int8Request(fp32_model, args.calibration_images, output, options,

@@ -1,6 +1,7 @@
 """INT8 export: the quantiser on a shallow network, the fidelity gate, the spec, serving."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -160,6 +161,22 @@ def test_to_onnx_int8_flag_writes_both_models(tmp_path: Path, lesion_folder: Pat
                          "--held-out-images", "8", "--accept-low-fidelity"]) == 0
     assert read_spec_file(output).precision == "fp32"
     assert read_spec_file(tmp_path / "both.int8.onnx").precision == "int8"
+
+
+def test_cli_flags_reach_the_quantiser_options(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    int8.add_arguments(parser)
+    args = parser.parse_args(["--calibration-images", str(tmp_path), "--reduce-range",
+                              "--keep-fp32", "first-conv", "classifier", "last-two-stages",
+                              "--calibration-method", "percentile", "--per-tensor"])
+    options = int8.request_from_args(tmp_path / "m.onnx", args).options
+    assert options == QuantizeOptions(method="percentile", per_channel=False,
+                                      keep_fp32=("first-conv", "classifier", "last-two-stages"),
+                                      reduce_range=True)
+    assert options.as_dict()["reduce_range"] is True
+    defaults = int8.request_from_args(tmp_path / "m.onnx", parser.parse_args(
+        ["--calibration-images", str(tmp_path)])).options
+    assert defaults == QuantizeOptions()
 
 
 def test_served_int8_model_says_so_with_its_fidelity(int8_model: int8.Int8Result,
