@@ -57,3 +57,14 @@ def atypical_lesion_rgb(width: int = 400, height: int = 300, seed: int = 0) -> n
     cv2.fillPoly(image, [(outline * [width, height]).astype(np.int32)], (30, 30, 60))
     cv2.circle(image, (width // 2, height // 2), max(2, height // 6), (120, 130, 170), -1)
     return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+
+def clear_truth_cases(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first clearly atypical melanoma and clearly banal naevus of a drawn plan (RGB),
+    chosen by the generator's truth, not by any model's answer."""
+    from training.synthetic import plan_dataset, render_record
+
+    records = plan_dataset(200, seed, 0.3, label_noise=0.0)
+    melanoma = next(r for r in records if r.melanoma and r.atypia > 0.7)
+    naevus = next(r for r in records if not r.melanoma and r.atypia < 0.15)
+    return render_record(melanoma, 256)[0], render_record(naevus, 256)[0]

@@ -354,3 +354,36 @@ def test_dark_mode_result_passes_contrast_checks(visit: Any, photos: dict[str, P
     page.get_by_role("button", name="Analyse").click()
     page.wait_for_function("() => document.title.startsWith('Result')")
     v.check("result-dark")
+
+
+@pytest.fixture(scope="module")
+def demo_server(full_demo_model: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[LiveServer]:
+    """The stack serving the shipped default (trained on drawn lesions), not the tiny model."""
+    yield from serve_stack(full_demo_model, tmp_path_factory.mktemp("demo-stack"), tls=True)
+
+
+def test_page_calls_a_drawn_melanoma_above_the_threshold_and_a_naevus_below(
+        browser: Any, demo_server: LiveServer, full_demo_model: Path, axe_source: str,
+        tmp_path: Path) -> None:
+    from webapp.model_spec import read_spec_file
+
+    threshold = read_spec_file(full_demo_model).threshold
+    melanoma, naevus = images.clear_truth_cases(seed=4243)
+    v = Visit(browser, demo_server, "desktop", axe_source)
+    try:
+        for name, pixels, above in (("melanoma.png", melanoma, True),
+                                    ("naevus.png", naevus, False)):
+            (tmp_path / name).write_bytes(images.encode(pixels, ".png"))
+            page = v.open("/")
+            page.get_by_label("Lesion photo").set_input_files(str(tmp_path / name))
+            page.get_by_role("button", name="Analyse").click()
+            page.wait_for_function("() => document.title.startsWith('Result')")
+            shown = float(page.locator("data.probability").get_attribute("value"))
+            assert (shown >= threshold) is above, (name, shown, threshold)
+            call = page.locator("p.label").inner_text()
+            assert ("at or above that mark" in call) is above, call
+            assert "says nothing about real skin" in page.content()
+            v.check(f"truth-{name.split('.')[0]}")
+    finally:
+        v.close()

@@ -13,7 +13,7 @@ import pytest
 
 from evaluation.cli import main as evaluation_main
 from tests import images
-from training.synthetic import generate_dataset, plan_dataset, render_record
+from training.synthetic import generate_dataset
 from training.truth import TruthReport, check_against_truth, heatmap_agreement
 
 
@@ -74,15 +74,6 @@ def test_default_model_heatmap_peaks_on_the_lesion(truth_report: TruthReport) ->
     assert truth_report.heatmap_iou >= 0.3
 
 
-def _clear_cases() -> tuple[np.ndarray, np.ndarray]:
-    """The first clearly atypical melanoma and clearly banal naevus of a held-out plan,
-    chosen by the generator's truth, not by the model's answer."""
-    records = plan_dataset(200, TRUTH_SEED + 1, 0.3, label_noise=0.0)
-    melanoma = next(r for r in records if r.melanoma and r.atypia > 0.7)
-    naevus = next(r for r in records if not r.melanoma and r.atypia < 0.15)
-    return render_record(melanoma, 256)[0], render_record(naevus, 256)[0]
-
-
 @pytest.mark.slow
 def test_form_and_api_score_a_drawn_melanoma_above_the_threshold_and_a_naevus_below(
         full_demo_model: Path) -> None:
@@ -92,7 +83,7 @@ def test_form_and_api_score_a_drawn_melanoma_above_the_threshold_and_a_naevus_be
     threshold = read_spec_file(full_demo_model).threshold
     client = create_app({"TESTING": True, "MODEL_PATH": str(full_demo_model),
                          "WTF_CSRF_ENABLED": False}).test_client()
-    melanoma, naevus = _clear_cases()
+    melanoma, naevus = images.clear_truth_cases(TRUTH_SEED + 1)
     for pixels, above in ((melanoma, True), (naevus, False)):
         png = images.encode(pixels, ".png")
         api = client.post("/api/v1/predict", data={"image": (io.BytesIO(png), "l.png")})

@@ -41,3 +41,18 @@ def test_download_names_are_safe(name: str, stem: str) -> None:
                                          ("a\u202egpj.exe", "a-gpj.exe")])
 def test_shown_names_carry_no_markup_path_or_direction_tricks(name: str, shown: str) -> None:
     assert wording.display_name(name) == shown
+
+
+@pytest.mark.parametrize("demo, training_data, state", [
+    (True, "", "an untrained demo"),
+    (True, "synthetic: 4000 drawn lesions", "a demo trained on drawn lesions"),
+    (False, "", "trained"),
+])
+def test_model_words_say_whether_a_demo_learned_anything(demo: bool, training_data: str,
+                                                         state: str) -> None:
+    from webapp.model_spec import ModelSpec
+
+    spec = ModelSpec(architecture="resnest50_fast_4s1x64d", input_size=128,
+                     output_kind="sigmoid", melanoma_index=0, checkpoint_sha256="",
+                     demo=demo, training_data=training_data, name="demo-synthetic")
+    assert wording.model_words(spec) == f"demo-synthetic, version {spec.version} ({state})"

@@ -103,5 +103,10 @@ def warning_title(code: str) -> str:
 def model_words(spec: object) -> str:
     """The model's identity in one plain phrase."""
     name, version = getattr(spec, "name", "?"), getattr(spec, "version", "?")
-    state = "an untrained demo" if getattr(spec, "demo", False) else "trained"
+    if not getattr(spec, "demo", False):
+        state = "trained"
+    elif getattr(spec, "training_data", ""):
+        state = "a demo trained on drawn lesions"
+    else:
+        state = "an untrained demo"
     return f"{name}, version {version} ({state})"
