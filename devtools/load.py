@@ -1,6 +1,7 @@
 """Closed-loop load on 127.0.0.1: N clients, each sending its next request when answered."""
 from __future__ import annotations
 
+import http.client
 import json
 import statistics
 import threading
@@ -39,7 +40,9 @@ def hammer(send: Callable[[], Reply], clients: int, seconds: float,
                 reply = send()
                 outcome = Outcome(started - begin, reply.seconds, reply.status,
                                   reply.headers.get("retry-after"))
-            except OSError as error:  # includes timeouts and resets
+            # OSError covers timeouts and resets; HTTPException a reply cut off mid-body
+            # (a worker killed while writing it), which must count, not end the client.
+            except (OSError, http.client.HTTPException) as error:
                 outcome = Outcome(started - begin, time.perf_counter() - started, 0, None,
                                   type(error).__name__)
             with lock:
