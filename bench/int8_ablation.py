@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from webapp.model_spec import read_spec_file
 
-    spec = read_spec_file(args.model)
-    size = spec.input_size
+    size = read_spec_file(args.model).input_size
     rows: list[dict[str, Any]] = []
     fp32_ms = cpu_ms(args.model, size, args.repeats)
     # Every variant is compared on the same held-out images, so fp32 runs over them once.

@@ -16,7 +16,7 @@ from evaluation.metrics import roc_auc
 from export.calibration import SourceImage, model_input
 from webapp import tta
 from webapp.classifier import Classifier
-from webapp.model_spec import melanoma_probabilities
+from webapp.model_spec import melanoma_probabilities, read_spec_file
 
 
 @dataclass(frozen=True)
@@ -128,14 +128,13 @@ def measure(fp32_model: Path, int8_model: Path, images: Sequence[SourceImage],
     `fp32_answers`, the fp32 model already run over `images` with `policy`, saves running
     it again when several INT8 variants of one model are compared.
     """
-    reference = Classifier(fp32_model, intra_op_threads=threads)
     if fp32_answers is None:
-        fp32_answers = answer(reference, images, policy)
+        fp32_answers = answer(Classifier(fp32_model, intra_op_threads=threads), images, policy)
     elif len(fp32_answers.probabilities) != len(images):
         raise ValueError("fp32 answers were computed on other images")
     candidate = Classifier(int8_model, intra_op_threads=threads)
     return compare(fp32_answers, answer(candidate, images, policy),
-                   images, reference.spec.threshold, policy)
+                   images, read_spec_file(fp32_model).threshold, policy)
 
 
 def paired_auc_change_interval(targets: np.ndarray, before: np.ndarray, after: np.ndarray,
