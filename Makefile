@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 MODEL := models/default.onnx
 BIND ?= 127.0.0.1:8000
 
-.PHONY: serve test setup model system-packages
+.PHONY: serve test setup serve-setup model system-packages
 
 ## serve: install, build the demo model once, start gunicorn on $(BIND)
-serve: setup model
+serve: serve-setup model
 	MELANOMA_SECRET_KEY="$${MELANOMA_SECRET_KEY:-$$($(PY) -c 'import secrets; print(secrets.token_hex(32))')}" \
 	MELANOMA_BIND="$(BIND)" MELANOMA_MODEL_CACHE_DIR="$${MELANOMA_MODEL_CACHE_DIR:-.cache/models}" \
 	exec $(VENV)/bin/gunicorn -c gunicorn.conf.py
@@ -17,19 +17,30 @@ serve: setup model
 test: system-packages setup browser-tools
 	$(PY) -m pytest
 
+# serve-setup: what serving and building the demo model need; setup: that plus the tests'
+# and benches' tools. --no-compile: pip would byte-compile every one of ~16,000 files
+# (over a minute on 2 cores) where a server imports a few hundred; those compile on
+# first use, and the test setup compiles the rest in parallel (ignoring, as pip does, files
+# some packages ship for newer Pythons, e.g. torch's py312_intrinsics.py).
+serve-setup: $(VENV)/.installed-serve
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements*.txt
+$(VENV)/.installed-serve: requirements.txt requirements-export.txt requirements-train.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-compile -r requirements-train.txt
+	touch $@
+
+$(VENV)/.installed: requirements*.txt $(VENV)/.installed-serve
+	$(PY) -m pip install --quiet --no-compile -r requirements-dev.txt
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 
 model: $(MODEL)
 
 # The demo model: drawn lesions, the training pipeline, the export path; built once (about
 # 6 minutes on 2 cores, with progress bars), then reused.
-$(MODEL): | $(VENV)/.installed
+$(MODEL): | $(VENV)/.installed-serve
 	$(PY) export/demo_model.py --output $(MODEL)
 
 system-packages:

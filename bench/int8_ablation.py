@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = export_int8(Int8Request(
                     args.model, args.images, output, options, held_out_images=args.held_out,
                     enforce_limits=False, bias_correction=correct, fp32_answers=fp32_answers,
+                    measure_reduced_decode=False,
                     calibration_cache=cache / f"ranges-{options.method}-"
                     f"{options.calibration_size}.json"))
             except ExportError as error:

@@ -13,7 +13,7 @@ from tests.conftest import TINY_ARCH
 from webapp.model_spec import read_spec_file
 
 TINY_BUILD = ["--arch", TINY_ARCH, "--input-size", "32", "--images", "40", "--stages", "32:1",
-              "--quiet"]
+              "--reduced-decode-photos", "2", "--quiet"]
 
 
 def test_seeded_checkpoint_is_byte_for_byte_reproducible(tmp_path: Path) -> None:
@@ -36,6 +36,9 @@ def test_demo_model_says_it_was_trained_on_synthetic_lesions_and_is_built_once(
     assert "synthetic" in spec.training_data and "40" in spec.training_data
     assert 0.0 <= spec.held_out["auc"] <= 1.0 and spec.held_out["images"] > 0
     assert spec.checkpoint_format == "lightning (prefix 'model.')"
+    assert spec.interpolation == "area"
+    assert spec.jpeg_reduced_decode_fidelity["photos"] == 2
+    assert spec.jpeg_reduced_decode_min_ratio == spec.jpeg_reduced_decode_fidelity["min_ratio"]
     assert "trained in" in capsys.readouterr().out
     assert (tmp_path / "demo-checkpoint.ckpt").is_file()
     built = output.stat().st_mtime_ns

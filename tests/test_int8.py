@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -14,7 +15,7 @@ import onnx.numpy_helper  # noqa: E402
 import pytest  # noqa: E402
 
 from bench.lesion_images import write_isic_folder  # noqa: E402
-from export import fidelity, int8, to_onnx  # noqa: E402
+from export import fidelity, int8, reduced_decode, to_onnx  # noqa: E402
 from export.calibration import split_images  # noqa: E402
 from export.fidelity import FidelityLimits  # noqa: E402
 from export.errors import ExportError  # noqa: E402
@@ -199,3 +200,22 @@ def test_served_int8_model_says_so_with_its_fidelity(int8_model: int8.Int8Result
     assert "calibration_source" not in str(described)  # a path on the exporting machine
     page = client.get("/").get_data(as_text=True)
     assert "INT8" in page and f"on {HELD_OUT} held-out images" in page
+
+
+def test_int8_measures_reduced_decoding_again_where_the_fp32_spec_did(
+        tiny_onnx_model: Path, lesion_folder: Path, tmp_path: Path) -> None:
+    fp32 = tmp_path / "measured.onnx"
+    shutil.copy(tiny_onnx_model, fp32)
+    photos = reduced_decode.phone_photos(2, sizes=((1600, 1200),))
+    fp32_measured = reduced_decode.measure(fp32, photos, max_delta=1.0)
+    reduced_decode.record(fp32, fp32_measured)
+    result = int8.export_int8(int8.Int8Request(
+        fp32, lesion_folder, tmp_path / "measured.int8.onnx", FAST, held_out_images=4,
+        limits=LOOSE))
+    own = result.spec.jpeg_reduced_decode_fidelity
+    assert own["photos"] == 2 and own["max_delta"] == 1.0
+    # The INT8 graph's own probabilities, not the fp32 record copied over.
+    assert own["per_min_ratio"] != fp32_measured["per_min_ratio"]
+    assert read_spec_file(result.output) == result.spec
+    assert result.onnx_sha256 == json.loads(result.output.with_name(
+        result.output.name + ".provenance.json").read_text())["onnx_sha256"]

@@ -14,6 +14,12 @@ from torch.utils.data import Dataset, Sampler
 
 from evaluation.dataset import LabelledImage
 from training.augment import Augment
+from webapp.preprocess import resize
+
+# How images are fitted to the training size, recorded in the checkpoint for the server
+# (webapp/preprocess.py) to fit uploads the same way: area averaging when shrinking, which
+# does not alias a large photo and matches a JPEG decoded at reduced scale.
+INTERPOLATION = "area"
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,10 @@ def read_soft_targets(labels_csv: Path, column: str) -> dict[str, float]:
 
 def read_rgb(path: Path, size: int) -> np.ndarray:
     """The whole image resized to size x size (never cropped), RGB uint8, as the server does."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
     if image is None:
         raise ValueError(f"cannot decode {path}")
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)[..., ::-1]
+    return resize(image, size, size, INTERPOLATION)
 
 
 class LesionDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -89,7 +95,7 @@ class LesionDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image = self.augment(rng, image)
         if image.shape[0] != self.size:
-            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+            image = resize(image, self.size, self.size, INTERPOLATION)
         target = torch.tensor([self.train_targets[index]])
         return self.normalise(image), target
 

