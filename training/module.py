@@ -60,7 +60,8 @@ class MelanomaModule(L.LightningModule):
         self.save_hyperparameters()
         # Channels-last: oneDNN's convolutions run a 128 px training step about 20% faster
         # on a CPU this way (and tensor cores want it on a GPU).
-        self.model = ARCHITECTURES[arch].build(1).to(memory_format=torch.channels_last)
+        self.model = ARCHITECTURES[arch].build(1).to(
+            memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit it
         _zero_init_residuals(self.model)
         self.loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
         self._logits: list[torch.Tensor] = []
