@@ -30,7 +30,7 @@ REFERENCE_IMAGES = 300
 REFERENCE_SEED = 31337
 REFERENCE_SIZES = (128, 192, 256)
 # Drawn phone-sized photos on which decoding large JPEGs at reduced scale is measured.
-REDUCED_DECODE_PHOTOS = 24
+REDUCED_DECODE_PHOTOS = 16
 
 
 def record_reference(output: Path, count: int = REFERENCE_IMAGES) -> int:
