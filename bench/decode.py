@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/default.onnx"),
                         help="the ONNX model whose fidelity to measure")
-    parser.add_argument("--images", type=int, default=24, help="generated photos for fidelity")
+    parser.add_argument("--images", type=int, default=reduced_decode.DEFAULT_PHOTOS,
+                        help="drawn phone photos for fidelity (the export's own by default)")
     parser.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement")
     parser.add_argument("--max-delta", type=float, default=reduced_decode.DEFAULT_MAX_DELTA,
                         help="fail when max |Δp| (reduced vs full decode) exceeds this")

@@ -19,6 +19,7 @@ if __package__ in (None, ""):
 from export.demo import DemoRecipe, write_demo_checkpoint  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, export_checkpoint  # noqa: E402
+from export.reduced_decode import DEFAULT_PHOTOS  # noqa: E402
 from webapp.model_spec import SpecError, read_spec_file  # noqa: E402
 
 DEMO_NAME = "demo-synthetic"
@@ -29,8 +30,6 @@ CHECKPOINT_NAME = "demo-checkpoint.ckpt"
 REFERENCE_IMAGES = 300
 REFERENCE_SEED = 31337
 REFERENCE_SIZES = (128, 192, 256)
-# Drawn phone-sized photos on which decoding large JPEGs at reduced scale is measured.
-REDUCED_DECODE_PHOTOS = 16
 
 
 def record_reference(output: Path, count: int = REFERENCE_IMAGES) -> int:
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                              + ",".join(f"{s}:{e}" for s, e in defaults.stages) + ")")
     parser.add_argument("--untrained", action="store_true",
                         help="seeded random weights, no training (benchmarks only)")
-    parser.add_argument("--reduced-decode-photos", type=int, default=REDUCED_DECODE_PHOTOS,
+    parser.add_argument("--reduced-decode-photos", type=int, default=DEFAULT_PHOTOS,
                         help="drawn phone photos on which reduced JPEG decoding is measured")
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid one exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
