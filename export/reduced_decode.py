@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +31,10 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import onnx  # noqa: E402
 
+from export.model_file import rewrite_metadata, update_provenance  # noqa: E402
 from webapp import preprocess  # noqa: E402
-from webapp.model_spec import SPEC_METADATA_KEY, ModelSpec  # noqa: E402
+from webapp.model_spec import SPEC_METADATA_KEY, ModelSpec, read_spec_file  # noqa: E402
 
 MIN_RATIOS = (2, 4, 8)
 DEFAULT_MAX_DELTA = 0.01
@@ -111,33 +109,11 @@ def measure(model: Path, photos: Sequence[bytes],
 
 def record(model: Path, measured: dict[str, Any]) -> ModelSpec:
     """Write the chosen min ratio and its measurement into the model's spec (atomically)."""
-    loaded = onnx.load(str(model))
-    props = {p.key: p.value for p in loaded.metadata_props}
-    spec = dataclasses.replace(ModelSpec.from_json(props[SPEC_METADATA_KEY]),
+    spec = dataclasses.replace(read_spec_file(model),
                                jpeg_reduced_decode_min_ratio=measured["min_ratio"],
                                jpeg_reduced_decode_fidelity=measured)
-    props[SPEC_METADATA_KEY] = spec.to_json()
-    del loaded.metadata_props[:]
-    for key, value in props.items():
-        loaded.metadata_props.add(key=key, value=value)
-    handle, name = tempfile.mkstemp(prefix=f".{model.name}.", suffix=".partial",
-                                    dir=model.parent)
-    os.close(handle)
-    partial = Path(name)
-    try:
-        onnx.save(loaded, str(partial))
-        os.chmod(partial, 0o644)
-        os.replace(partial, model)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    provenance = model.with_name(model.name + ".provenance.json")
-    if provenance.exists():
-        entry = json.loads(provenance.read_text())
-        with model.open("rb") as stream:
-            entry["onnx_sha256"] = hashlib.file_digest(stream, "sha256").hexdigest()
-        entry["spec"] = spec.as_dict()
-        provenance.write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    rewrite_metadata(model, {SPEC_METADATA_KEY: spec.to_json()})
+    update_provenance(model, {"spec": spec.as_dict()})
     return spec
 
 

@@ -6,19 +6,16 @@ the server can warn when an upload is unlike all of them (webapp/ood.py).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
-import onnx  # noqa: E402
 
 from export.errors import ExportError  # noqa: E402
+from export.model_file import rewrite_metadata, update_provenance  # noqa: E402
 from webapp.runtime import ort  # noqa: E402
 from webapp import ood, preprocess  # noqa: E402
 from webapp.errors import InvalidImage  # noqa: E402
@@ -57,23 +54,10 @@ def read_folder(folder: Path) -> Iterator[np.ndarray]:
 
 def embed(model_path: Path, reference: ood.OodReference) -> None:
     """Write the statistics into the model's metadata (atomically) and its provenance file."""
-    model = onnx.load(str(model_path))
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key != ood.METADATA_KEY]
-    del model.metadata_props[:]
-    for key, value in kept + [(ood.METADATA_KEY, reference.to_json())]:
-        model.metadata_props.add(key=key, value=value)
-    handle, name = tempfile.mkstemp(prefix=f".{model_path.name}.", suffix=".partial",
-                                    dir=model_path.parent)
-    os.close(handle)
-    partial = Path(name)
-    try:
-        onnx.save(model, str(partial))
-        os.chmod(partial, 0o644)
-        os.replace(partial, model_path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    _update_provenance(model_path, reference)
+    rewrite_metadata(model_path, {ood.METADATA_KEY: reference.to_json()})
+    update_provenance(model_path, {"ood_reference": {
+        "images": reference.images, "threshold": reference.threshold,
+        "components": int(reference.components.shape[0])}})
 
 
 def embed_from_folder(model_path: Path, folder: Path) -> ood.OodReference:
@@ -95,15 +79,3 @@ def _chunks(items: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]
             chunk = []
     if chunk:
         yield chunk
-
-
-def _update_provenance(model_path: Path, reference: ood.OodReference) -> None:
-    provenance = model_path.with_name(model_path.name + ".provenance.json")
-    if not provenance.exists():
-        return
-    record = json.loads(provenance.read_text())
-    with model_path.open("rb") as handle:
-        record["onnx_sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
-    record["ood_reference"] = {"images": reference.images, "threshold": reference.threshold,
-                               "components": int(reference.components.shape[0])}
-    provenance.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
