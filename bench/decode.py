@@ -25,10 +25,10 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-
 from export import reduced_decode  # noqa: E402
 from webapp import preprocess  # noqa: E402
-from webapp.classifier import Classifier  # noqa: E402
+from webapp.model_spec import read_spec_file  # noqa: E402
+
 
 def phone_photo(width: int, height: int, seed: int) -> bytes:
     """One drawn lesion as a phone-sized JPEG."""
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     photos = reduced_decode.phone_photos(args.images)
     measured = reduced_decode.measure(args.model, photos, args.max_delta)
-    spec = Classifier(args.model).spec
+    spec = read_spec_file(args.model)
     measured["spec_min_ratio"] = spec.jpeg_reduced_decode_min_ratio
     results: dict[str, Any] = {"fidelity": measured,
                                "phone_jpeg_12mp": phone_decode(args.repeats),

@@ -18,6 +18,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -112,7 +113,8 @@ def export_int8(request: Int8Request) -> Int8Result:
                   "limits": dataclasses.asdict(request.limits), "limits_met": not failures,
                   "fp32_model": {"name": request.fp32_model.name,
                                  "sha256": sha256_of(request.fp32_model)}}
-        spec = dataclasses.replace(spec, quantization=record)
+        spec = dataclasses.replace(spec, quantization=record, **_reduced_decode(request,
+                                                                         partial, spec))
         embed_metadata(partial, {**props, SPEC_METADATA_KEY: spec.to_json()})
         if spec_from_metadata(_metadata(partial)) != spec:
             raise ExportError("the INT8 spec read back differs from the one written")
@@ -121,16 +123,23 @@ def export_int8(request: Int8Request) -> Int8Result:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    digest = sha256_of(output)
     output.with_name(output.name + ".provenance.json").write_text(json.dumps(
-        {"model": output.name, "onnx_sha256": sha256_of(output), "spec": spec.as_dict()},
+        {"model": output.name, "onnx_sha256": digest, "spec": spec.as_dict()},
         indent=2, sort_keys=True) + "\n")
-    if request.measure_reduced_decode and spec.jpeg_reduced_decode_fidelity:
-        from export import reduced_decode
+    return Int8Result(output, spec, measured, failures, digest)
 
-        photos = reduced_decode.phone_photos(spec.jpeg_reduced_decode_fidelity["photos"])
-        spec = reduced_decode.record(output, reduced_decode.measure(
-            output, photos, spec.jpeg_reduced_decode_fidelity["max_delta"]))
-    return Int8Result(output, spec, measured, failures, sha256_of(output))
+
+def _reduced_decode(request: Int8Request, int8_model: Path, spec: ModelSpec) -> dict[str, Any]:
+    """The INT8 graph's own reduced-decode spec fields, where the fp32 spec was measured."""
+    if not (request.measure_reduced_decode and spec.jpeg_reduced_decode_fidelity):
+        return {}
+    from export import reduced_decode
+
+    earlier = spec.jpeg_reduced_decode_fidelity
+    measured = reduced_decode.measure(int8_model, reduced_decode.phone_photos(earlier["photos"]),
+                                      earlier["max_delta"])
+    return reduced_decode.spec_fields(measured)
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -107,11 +107,15 @@ def measure(model: Path, photos: Sequence[bytes],
             "min_ratio": passing[0] if passing else 0}
 
 
+def spec_fields(measured: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields that carry a measurement: the chosen min ratio and the numbers."""
+    return {"jpeg_reduced_decode_min_ratio": measured["min_ratio"],
+            "jpeg_reduced_decode_fidelity": measured}
+
+
 def record(model: Path, measured: dict[str, Any]) -> ModelSpec:
     """Write the chosen min ratio and its measurement into the model's spec (atomically)."""
-    spec = dataclasses.replace(read_spec_file(model),
-                               jpeg_reduced_decode_min_ratio=measured["min_ratio"],
-                               jpeg_reduced_decode_fidelity=measured)
+    spec = dataclasses.replace(read_spec_file(model), **spec_fields(measured))
     rewrite_metadata(model, {SPEC_METADATA_KEY: spec.to_json()})
     update_provenance(model, {"spec": spec.as_dict()})
     return spec
