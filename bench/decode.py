@@ -26,8 +26,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from export import reduced_decode  # noqa: E402
-from webapp import preprocess  # noqa: E402
-from webapp.model_spec import read_spec_file  # noqa: E402
+from inference import preprocess  # noqa: E402
+from inference.model_spec import read_spec_file  # noqa: E402
 
 
 def phone_photo(width: int, height: int, seed: int) -> bytes:
@@ -47,7 +47,7 @@ def phone_decode(repeats: int) -> dict[str, Any]:
 
 
 def _one_decode(mode: str, repeats: int) -> dict[str, Any]:
-    from webapp.model_spec import ModelSpec
+    from inference.model_spec import ModelSpec
 
     spec = ModelSpec(architecture="bench", input_size=128, output_kind="sigmoid",
                      melanoma_index=0, checkpoint_sha256="", demo=True,
@@ -66,8 +66,8 @@ def _one_decode(mode: str, repeats: int) -> dict[str, Any]:
 
 
 def sandbox_overhead(repeats: int) -> dict[str, Any]:
-    from webapp.decode_sandbox import DecodeSandbox
-    from webapp.model_spec import ModelSpec
+    from inference.decode_sandbox import DecodeSandbox
+    from inference.model_spec import ModelSpec
 
     spec = ModelSpec(architecture="bench", input_size=128, output_kind="sigmoid",
                      melanoma_index=0, checkpoint_sha256="", demo=True)

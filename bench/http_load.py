@@ -28,7 +28,6 @@ if __package__ in (None, ""):
 from bench.inference import write_lesion_jpeg  # noqa: E402
 from devtools.procs import memory_status, percentile  # noqa: E402
 from devtools.server import LiveServer, Upload, multipart, start_server  # noqa: E402
-from webapp.capacity import Capacity  # noqa: E402
 
 
 class LoadTestError(RuntimeError):
@@ -171,7 +170,7 @@ def _load(args: argparse.Namespace, hey: str, body: Path, content_type: str) -> 
             master = _memory(server.master_pid)
         finally:
             server.stop()
-    capacity = Capacity.from_environ(server.env)
+    capacity = server.capacity
     return {**summarise(results, args.requests), "model": str(args.model),
             "concurrency": args.concurrency, "rate_per_connection": args.rate,
             "threads": capacity.threads, "max_waiting": capacity.max_waiting,
@@ -185,7 +184,7 @@ def _load(args: argparse.Namespace, hey: str, body: Path, content_type: str) -> 
 
 
 def _precision(model: Path) -> str:
-    from webapp.model_spec import read_spec_file
+    from inference.model_spec import read_spec_file
 
     return read_spec_file(model).precision
 

@@ -523,7 +523,7 @@ def _measure(args: argparse.Namespace, pairs: list[tuple[Path, Path]], image: Pa
     for index, (model, checkpoint) in enumerate(pairs):
         macs = macs_per_image(model)
         for views in args.views:
-            from webapp.model_spec import read_spec_file
+            from inference.model_spec import read_spec_file
 
             case: dict[str, Any] = {
                 "model": str(model), "checkpoint": str(checkpoint),

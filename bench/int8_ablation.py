@@ -35,7 +35,7 @@ from export.errors import ExportError  # noqa: E402
 from export.fidelity import answer  # noqa: E402
 from export.int8 import Int8Request, export_int8  # noqa: E402
 from export.quantize import QuantizeOptions  # noqa: E402
-from webapp.classifier import Classifier  # noqa: E402
+from inference.classifier import Classifier  # noqa: E402
 
 BASE = QuantizeOptions()  # the export's defaults
 
@@ -65,7 +65,7 @@ def variants(base: QuantizeOptions) -> list[tuple[str, QuantizeOptions, bool]]:
 
 def cpu_ms(model: Path, size: int, repeats: int) -> float:
     """Median CPU time (ms) of one 8-view batch on one ORT thread."""
-    from webapp.runtime import ort
+    from inference.runtime import ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path,
                         help="keep calibration ranges here (reused by variants and reruns)")
     args = parser.parse_args(argv)
-    from webapp.model_spec import read_spec_file
+    from inference.model_spec import read_spec_file
 
     size = read_spec_file(args.model).input_size
     rows: list[dict[str, Any]] = []

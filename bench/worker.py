@@ -50,8 +50,8 @@ def _timed(function: Callable[[], Any], repeats: int,
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     """The serving path as the server runs it: decode, then Classifier.predict, no heatmap."""
-    from webapp import preprocess, tta
-    from webapp.classifier import Classifier, Prediction
+    from inference import preprocess, tta
+    from inference.classifier import Classifier, Prediction
 
     imported = time.time()
     data = args.image.read_bytes()
@@ -91,8 +91,8 @@ def run_torch(args: argparse.Namespace, batched: bool) -> dict[str, Any]:
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     from export.network import load_network
-    from webapp import preprocess, tta
-    from webapp.model_spec import read_spec_file
+    from inference import preprocess, tta
+    from inference.model_spec import read_spec_file
 
     spec = read_spec_file(args.model)  # the same preprocessing numbers the server uses
     # Any: torch's stubs omit Module.to(memory_format=...), which the layout trial uses.
@@ -166,7 +166,7 @@ def run_peak_int8(args: argparse.Namespace) -> dict[str, Any]:
     its quantised convolutions use): the bound an INT8 model is compared with."""
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import numpy as np
-    from webapp.runtime import ort
+    from inference.runtime import ort
     from onnx import TensorProto, helper, numpy_helper
 
     n = args.matrix_size

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.procs import HOST, MemoryCgroup, children, free_port
+from webapp.capacity import Capacity
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,6 +93,11 @@ class LiveServer:
     @property
     def client_port(self) -> int:
         return self.front_port or self.port
+
+    @property
+    def capacity(self) -> Capacity:
+        """The admission numbers this server's workers and gunicorn's threads run with."""
+        return Capacity.from_environ(self.env)
 
     @property
     def url(self) -> str:

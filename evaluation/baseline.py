@@ -6,8 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
-from webapp import preprocess, tta
-from webapp.model_spec import ModelSpec
+from inference import preprocess, tta
+from inference.model_spec import ModelSpec
 
 
 def score_checkpoint(checkpoint: Path, spec: ModelSpec, images: Sequence[tuple[str, Path]],

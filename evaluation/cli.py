@@ -19,9 +19,9 @@ from evaluation import metrics
 from evaluation.dataset import DatasetError, list_images, read_labels
 from evaluation.model_file import write_threshold
 from evaluation.scoring import ScoringError, open_classifier, score_files, write_submission
-from webapp.classifier import ModelLoadError
-from webapp.model_spec import SpecError
-from webapp.tta import DEFAULT_POLICY, POLICIES
+from inference.classifier import ModelLoadError
+from inference.model_spec import SpecError
+from inference.tta import DEFAULT_POLICY, POLICIES
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 
-from webapp.model_spec import SPEC_METADATA_KEY, ModelSpec, SpecError
+from inference.model_spec import SPEC_METADATA_KEY, ModelSpec, SpecError
 
 
 def write_threshold(model_path: Path, threshold: float) -> ModelSpec:

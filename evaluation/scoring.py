@@ -13,9 +13,9 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from webapp import preprocess, tta
-from webapp.classifier import Classifier
-from webapp.errors import InvalidImage
+from inference import preprocess, tta
+from inference.classifier import Classifier
+from inference.errors import InvalidImage
 
 
 class ScoringError(RuntimeError):
@@ -49,7 +49,8 @@ def score_files(classifier: Classifier, images: Sequence[tuple[str, Path]],
     results: dict[str, list[float]] = {policy: [] for policy in policies}
     for _, path in tqdm(images, desc="scoring", unit="image", disable=not progress):
         try:
-            image = preprocess.decode_image(path.read_bytes())
+            # What the server's decode sandbox runs, reduced-scale JPEG decoding included.
+            image = preprocess.prepare(path.read_bytes(), classifier.spec).image
         except InvalidImage as error:
             raise ScoringError(f"{path}: {error}") from None
         by_view = dict(classifier.predict(image, widest).views)

@@ -15,7 +15,7 @@ from resnest.torch.resnet import Bottleneck, ResNet
 
 from export.errors import ExportError
 from export.timm_runtime import import_timm
-from webapp.model_spec import OutputKind
+from inference.model_spec import OutputKind
 
 RESNEST = "resnest"
 TIMM = "timm"

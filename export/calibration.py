@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from webapp import runtime  # noqa: F401  (telemetry off before onnxruntime loads)
+from inference import runtime  # noqa: F401  (telemetry off before onnxruntime loads)
 from onnxruntime.quantization import CalibrationDataReader  # noqa: E402
 
 from evaluation.dataset import DatasetError, list_images, read_labels
 from export.errors import ExportError
-from webapp import preprocess, tta
-from webapp.model_spec import ModelSpec
+from inference import preprocess, tta
+from inference.model_spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,9 @@ def split_images(directory: Path, calibration_size: int, held_out_size: int) -> 
 
 def model_input(image: SourceImage, spec: ModelSpec,
                 views: tuple[tta.View, ...] = tta.POLICIES["none"]) -> np.ndarray:
-    """The (V, 3, S, S) batch the server would build from this file."""
-    decoded = preprocess.decode_image(image.path.read_bytes())
-    seen = preprocess.fit_to_input(decoded, spec)
+    """The (V, 3, S, S) batch the server would build from this file: the same
+    `preprocess.prepare` its decode sandbox runs (reduced-scale JPEG decoding included)."""
+    seen = preprocess.prepare(image.path.read_bytes(), spec).image
     return preprocess.to_model_input(tta.make_batch(seen, views), spec)
 
 

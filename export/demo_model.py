@@ -23,7 +23,7 @@ from export.demo import DemoRecipe, write_demo_checkpoint  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, export_checkpoint  # noqa: E402
 from export.reduced_decode import DEFAULT_PHOTOS  # noqa: E402
-from webapp.model_spec import SpecError, read_spec_file  # noqa: E402
+from inference.model_spec import SpecError, read_spec_file  # noqa: E402
 
 DEMO_NAME = "demo-synthetic"
 UNTRAINED_NAME = "demo-untrained"
@@ -41,7 +41,7 @@ def record_reference(output: Path, count: int = REFERENCE_IMAGES) -> int:
 
     from export.reference import embed, pooled_features
     from training.synthetic import render_lesion
-    from webapp import ood
+    from inference import ood
 
     rng = np.random.default_rng(REFERENCE_SEED)
     # Drawn at several resolutions, as uploads come: a trained model's features tell a

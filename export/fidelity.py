@@ -14,9 +14,9 @@ import numpy as np
 
 from evaluation.metrics import roc_auc
 from export.calibration import SourceImage, model_input
-from webapp import tta
-from webapp.classifier import Classifier
-from webapp.model_spec import melanoma_probabilities, read_spec_file
+from inference import tta
+from inference.classifier import Classifier
+from inference.model_spec import melanoma_probabilities, read_spec_file
 
 
 @dataclass(frozen=True)

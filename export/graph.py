@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from resnest.torch.resnet import ResNet
 
-from webapp.model_spec import FEATURES_NAME, INPUT_NAME, LOGITS_NAME
+from inference.model_spec import FEATURES_NAME, INPUT_NAME, LOGITS_NAME
 
 # Opset 17 with the TorchScript exporter gives IR version 8, which the pinned onnxruntime reads.
 OPSET = 17

@@ -34,8 +34,8 @@ from export.errors import ExportError  # noqa: E402
 from export.pipeline import embed_metadata  # noqa: E402
 from export.quantize import (KEEPABLE, METHODS, PLACEMENTS, QuantizeOptions,  # noqa: E402
                              quantize_model, shift_logit_bias)
-from webapp import tta  # noqa: E402
-from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, SPEC_METADATA_KEY,  # noqa: E402
+from inference import tta  # noqa: E402
+from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, SPEC_METADATA_KEY,  # noqa: E402
                                ModelSpec, SpecError, decode_cam_weights,
                                encode_cam_weights, spec_from_metadata)
 
@@ -151,7 +151,7 @@ def _correct_logit_bias(fp32_model: Path, int8_model: Path,
                         calibration: tuple[SourceImage, ...], spec: ModelSpec,
                         props: dict[str, str], threads: int) -> dict[str, str]:
     """Shift the fp32 classifier's bias by the mean logit error on the calibration images."""
-    from webapp.runtime import ort
+    from inference.runtime import ort
 
     def logits(path: Path) -> np.ndarray:
         options = ort.SessionOptions()

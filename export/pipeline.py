@@ -19,7 +19,7 @@ from export.checkpoint import LoadedCheckpoint, load_checkpoint, sha256_of
 from export.errors import ExportError
 from export.network import Network, check_cam_head, network_from
 from export.settings import Resolved, resolve
-from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, DEFAULT_LABELS, SPEC_METADATA_KEY,
+from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, DEFAULT_LABELS, SPEC_METADATA_KEY,
                                ModelSpec, encode_cam_weights)
 
 

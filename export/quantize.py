@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
-from webapp import runtime  # noqa: E402,F401  (telemetry off before onnxruntime loads)
+from inference import runtime  # noqa: E402,F401  (telemetry off before onnxruntime loads)
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,  # noqa: E402
                                       QuantFormat, QuantType, quant_pre_process,
                                       quantize_static)

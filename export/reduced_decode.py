@@ -33,8 +33,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from export.model_file import rewrite_metadata, update_provenance  # noqa: E402
-from webapp import preprocess  # noqa: E402
-from webapp.model_spec import SPEC_METADATA_KEY, ModelSpec, read_spec_file  # noqa: E402
+from inference import preprocess  # noqa: E402
+from inference.model_spec import SPEC_METADATA_KEY, ModelSpec, read_spec_file  # noqa: E402
 
 MIN_RATIOS = (2, 4, 8)
 DEFAULT_MAX_DELTA = 0.01
@@ -76,7 +76,7 @@ def scale_for(data: bytes, spec: ModelSpec, min_ratio: int) -> int:
 def measure(model: Path, photos: Sequence[bytes],
             max_delta: float = DEFAULT_MAX_DELTA) -> dict[str, Any]:
     """Single-view probabilities of each photo decoded in full and at each min ratio."""
-    from webapp.classifier import Classifier
+    from inference.classifier import Classifier
 
     classifier = Classifier(model)
     spec = classifier.spec

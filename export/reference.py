@@ -2,7 +2,7 @@
 
 The model's own pooled features of a folder of reference images (the training images, or
 any set of photos like the ones the model will be used on) go into the .onnx metadata, so
-the server can warn when an upload is unlike all of them (webapp/ood.py).
+the server can warn when an upload is unlike all of them (inference/ood.py).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import numpy as np  # noqa: E402
 
 from export.errors import ExportError  # noqa: E402
 from export.model_file import rewrite_metadata, update_provenance  # noqa: E402
-from webapp.runtime import ort  # noqa: E402
-from webapp import ood, preprocess  # noqa: E402
-from webapp.errors import InvalidImage  # noqa: E402
-from webapp.model_spec import spec_from_metadata  # noqa: E402
+from inference.runtime import ort  # noqa: E402
+from inference import ood, preprocess  # noqa: E402
+from inference.errors import InvalidImage  # noqa: E402
+from inference.model_spec import spec_from_metadata  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 BATCH = 16

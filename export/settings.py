@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from export.errors import ExportError
-from webapp.model_spec import (COLOR_ORDERS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS,
+from inference.model_spec import (COLOR_ORDERS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS,
                                MAX_INPUT_SIZE, MIN_INPUT_SIZE, RESIZE_POLICIES)
 
 # The seed model people bring was trained at 128 px with ImageNet statistics on RGB.

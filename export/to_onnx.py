@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 from export import int8  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, ExportResult, export_checkpoint  # noqa: E402
-from webapp.model_spec import (COLOR_ORDERS, DEFAULT_LABELS, INTERPOLATIONS,  # noqa: E402
+from inference.model_spec import (COLOR_ORDERS, DEFAULT_LABELS, INTERPOLATIONS,  # noqa: E402
                                RESIZE_POLICIES)
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from webapp.runtime import ort
+from inference.runtime import ort
 import torch
 
 from export.errors import ExportError
 from export.graph import FEATURES_NAME, INPUT_NAME, LOGITS_NAME, LogitsAndFeatures
-from webapp.model_spec import OutputKind, melanoma_probabilities
+from inference.model_spec import OutputKind, melanoma_probabilities
 
 PARITY_BATCH_SIZES = (1, 8)
 PARITY_SEED = 20200817  # fixed so every export is checked on the same inputs

@@ -13,6 +13,7 @@ from typing import Any
 
 # The serving box gets these and nothing else: no export code, no tests, no checkpoints.
 BUNDLE_PATHS = (
+    "inference",
     "webapp",
     "requirements.txt",
     "requirements.lock",
@@ -21,6 +22,7 @@ BUNDLE_PATHS = (
 )
 _REQUIRED = (
     "webapp",
+    "inference",
     "requirements.txt",
     "requirements.lock",
     "gunicorn.conf.py",

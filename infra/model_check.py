@@ -17,8 +17,8 @@ def validate_model(path: Path) -> str:
     Raises ArtifactError with the loader's own message when the host would refuse the model.
     """
     # Imported here: deploy's other commands need neither onnxruntime nor numpy.
-    from webapp.classifier import Classifier
-    from webapp.errors import ModelLoadError
+    from inference.classifier import Classifier
+    from inference.errors import ModelLoadError
 
     try:
         classifier = Classifier(path)

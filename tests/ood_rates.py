@@ -22,7 +22,7 @@ from tests import nonlesion  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     from export import reference
     from training.synthetic import render_lesion
-    from webapp import ood, quality
+    from inference import ood, quality
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="an exported .onnx model")

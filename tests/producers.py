@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from export import to_onnx
-from webapp.model_spec import ModelSpec, melanoma_probabilities, read_spec_file
+from inference.model_spec import ModelSpec, melanoma_probabilities, read_spec_file
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -20,7 +20,7 @@ def random_images(size: int, count: int = 4, seed: int = 0) -> np.ndarray:
 
 
 def onnx_probabilities(model: Path, images: np.ndarray) -> np.ndarray:
-    from webapp.runtime import ort
+    from inference.runtime import ort
 
     spec = read_spec_file(model)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])

@@ -18,7 +18,7 @@ from flask import Flask
 from devtools.server import LiveServer, Upload, multipart
 from devtools.stack import serve_stack, start_stack
 from tests import images
-from webapp.model_spec import read_spec_file
+from inference.model_spec import read_spec_file
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from webapp.model_spec import read_spec_file
+from inference.model_spec import read_spec_file
 from webapp.service import service_of
 
 

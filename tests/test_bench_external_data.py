@@ -8,8 +8,8 @@ import onnx
 
 from export import external_data
 from tests import images
-from webapp.classifier import Classifier
-from webapp.model_spec import read_spec_file
+from inference.classifier import Classifier
+from inference.model_spec import read_spec_file
 from webapp.service import PredictionService
 
 

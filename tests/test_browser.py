@@ -366,7 +366,7 @@ def demo_server(full_demo_model: Path, tmp_path_factory: pytest.TempPathFactory
 def test_page_calls_a_drawn_melanoma_above_the_threshold_and_a_naevus_below(
         browser: Any, demo_server: LiveServer, full_demo_model: Path, axe_source: str,
         tmp_path: Path) -> None:
-    from webapp.model_spec import read_spec_file
+    from inference.model_spec import read_spec_file
 
     threshold = read_spec_file(full_demo_model).threshold
     melanoma, naevus = images.clear_truth_cases(seed=4243)

@@ -12,10 +12,10 @@ import torch
 from export.architectures import ARCHITECTURES
 from tests import images
 from tests.conftest import TINY_ARCH
-from webapp import preprocess
-from webapp.classifier import Classifier, ModelLoadError
-from webapp.tta import make_batch, views_for
-from webapp.model_spec import CAM_WEIGHTS_METADATA_KEY, SPEC_METADATA_KEY, encode_cam_weights
+from inference import preprocess
+from inference.classifier import Classifier, ModelLoadError
+from inference.tta import make_batch, views_for
+from inference.model_spec import CAM_WEIGHTS_METADATA_KEY, SPEC_METADATA_KEY, encode_cam_weights
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests import bombs, images
-from webapp.decode_sandbox import DecodeSandbox, SandboxLimits
-from webapp.errors import InvalidImage
-from webapp.model_spec import ModelSpec
-from webapp.preprocess import DecodeLimits, ModelView, fit_to_input, prepare
+from inference.decode_sandbox import DecodeSandbox, SandboxLimits
+from inference.errors import InvalidImage
+from inference.model_spec import ModelSpec
+from inference.preprocess import DecodeLimits, ModelView, fit_to_input, prepare
 
 SPEC = ModelSpec(architecture="resnest50_fast_4s1x64d", input_size=128, output_kind="sigmoid",
                  melanoma_index=0, checkpoint_sha256="0" * 64, demo=True)
@@ -74,7 +74,7 @@ def test_decoder_messages_are_summarised_not_copied(sandbox: DecodeSandbox,
     data = images.encode(images.lesion_rgb(), ".jpg")
     # A JPEG with junk between its markers makes libjpeg warn ("extraneous bytes").
     noisy = data[:2] + b"\x00" * 50 + data[2:]
-    with caplog.at_level(logging.WARNING, logger="webapp.decode"):
+    with caplog.at_level(logging.WARNING, logger="inference.decode"):
         for _ in range(20):
             try:
                 sandbox.prepare(noisy, SPEC, LIMITS)
@@ -94,7 +94,7 @@ def test_large_jpeg_is_decoded_reduced_and_reports_its_full_size() -> None:
 
 
 def prepare_full(data: bytes) -> np.ndarray:
-    from webapp.preprocess import decode_image
+    from inference.preprocess import decode_image
 
     return decode_image(data)
 

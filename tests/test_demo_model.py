@@ -10,7 +10,7 @@ import pytest
 from export import demo_model
 from export.demo import write_demo_checkpoint
 from tests.conftest import TINY_ARCH
-from webapp.model_spec import read_spec_file
+from inference.model_spec import read_spec_file
 
 TINY_BUILD = ["--arch", TINY_ARCH, "--input-size", "32", "--images", "40", "--stages", "32:1",
               "--reduced-decode-photos", "2", "--quiet"]

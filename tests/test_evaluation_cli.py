@@ -13,9 +13,9 @@ import pytest
 from evaluation import metrics
 from evaluation.cli import main
 from tests import images
-from webapp import preprocess
-from webapp.classifier import Classifier
-from webapp.model_spec import SPEC_METADATA_KEY, read_spec_file
+from inference import preprocess
+from inference.classifier import Classifier
+from inference.model_spec import SPEC_METADATA_KEY, read_spec_file
 
 NAMES = [f"ISIC_{index:07d}" for index in range(10)]
 TARGETS = [0, 1, 0, 1, 1, 0, 0, 1, 0, 1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from webapp.runtime import ort
+from inference.runtime import ort
 import pytest
 import torch
 
@@ -18,7 +18,7 @@ from export.architectures import ARCHITECTURES
 from export.demo import build_demo_state, write_lightning_checkpoint
 from export.network import load_network
 from tests.conftest import TINY_ARCH
-from webapp.model_spec import SPEC_METADATA_KEY, ModelSpec, read_spec_file
+from inference.model_spec import SPEC_METADATA_KEY, ModelSpec, read_spec_file
 
 
 @pytest.fixture(scope="module")

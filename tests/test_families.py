@@ -14,9 +14,9 @@ from export.errors import ExportError
 from export.timm_runtime import import_timm
 from tests import images
 from tests.producers import export, max_probability_gap, spread_weights
-from webapp import preprocess
-from webapp.classifier import Classifier
-from webapp.tta import views_for
+from inference import preprocess
+from inference.classifier import Classifier
+from inference.tta import views_for
 
 TOLERANCE = 1e-4
 

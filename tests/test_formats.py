@@ -242,7 +242,7 @@ def test_an_interpolation_the_server_cannot_do_is_refused() -> None:
 
 
 def test_models_exported_before_the_library_fields_still_load() -> None:
-    from webapp.model_spec import ModelSpec
+    from inference.model_spec import ModelSpec
 
     old = ModelSpec(architecture="resnest50", input_size=128, output_kind="sigmoid",
                     melanoma_index=0, checkpoint_sha256="0" * 64, demo=False).as_dict()

@@ -20,7 +20,7 @@ def test_gunicorn_serves_predictions_of_large_uploads_leaving_no_file(
     spool = tmp_path / "tmp"
     spool.mkdir()
     server = start_server(tiny_onnx_model, tmp_path / "logs", {"TMPDIR": str(spool)})
-    # Nothing at all: not even onnxruntime's telemetry `.ses` file (webapp/runtime.py).
+    # Nothing at all: not even onnxruntime's telemetry `.ses` file (inference/runtime.py).
     # (Unnamed temp files would not show here; tests/test_uploads.py catches those.)
     assert os.listdir(spool) == []
     try:

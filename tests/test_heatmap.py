@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from tests import images
-from webapp import heatmap, photo, preprocess, tta
-from webapp.model_spec import ModelSpec
+from inference import heatmap, preprocess, tta
+from webapp import photo
+from inference.model_spec import ModelSpec
 
 
 def test_cells_average_to_the_models_own_logit(tiny_onnx_model: Path) -> None:
-    from webapp.classifier import Classifier
+    from inference.classifier import Classifier
 
     model = Classifier(tiny_onnx_model)
     views = tta.views_for("dihedral")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from webapp import heatmap
-from webapp.tta import views_for
+from inference import heatmap
+from inference.tta import views_for
 
 
 def test_maps_weight_channels_and_clip_negative_evidence() -> None:

@@ -17,9 +17,9 @@ from PIL import Image
 from devtools.server import LiveServer, Upload
 from devtools.stack import serve_stack
 from tests import images
-from webapp.errors import InvalidImage
-from webapp.image_header import read_header
-from webapp.preprocess import MIN_IMAGE_SIDE, decode_image
+from inference.errors import InvalidImage
+from inference.image_header import read_header
+from inference.preprocess import MIN_IMAGE_SIDE, decode_image
 
 # Small enough that a header claiming more is refused, large enough for the 64x48 seeds.
 MAX_PIXELS = 200_000

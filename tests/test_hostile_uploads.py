@@ -25,8 +25,8 @@ from tests import images
 from devtools.procs import rss_mib
 from devtools.server import LiveServer, Reply, Upload, multipart
 from devtools.stack import serve_stack
-from webapp import preprocess
-from webapp.classifier import Classifier
+from inference import preprocess
+from inference.classifier import Classifier
 from webapp.wording import display_name
 
 pytestmark = pytest.mark.slow

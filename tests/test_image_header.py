@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from tests import bombs, images
-from webapp.errors import InvalidImage
-from webapp.image_header import read_header
-from webapp.model_spec import ModelSpec
-from webapp.preprocess import (DEFAULT_MAX_DECODED_BYTES, DecodeLimits, decode_image,
+from inference.errors import InvalidImage
+from inference.image_header import read_header
+from inference.model_spec import ModelSpec
+from inference.preprocess import (DEFAULT_MAX_DECODED_BYTES, DecodeLimits, decode_image,
                                decoded_bytes, prepare)
 
 SPEC = ModelSpec(architecture="resnest50_fast_4s1x64d", input_size=128, output_kind="sigmoid",

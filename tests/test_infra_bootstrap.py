@@ -140,6 +140,7 @@ def _bundle(path: Path) -> None:
     members = {
         "webapp/__init__.py": b"",
         "webapp/static/style.css": b"body{}\n",
+        "inference/__init__.py": b"",
         "gunicorn.conf.py": b"bind = '127.0.0.1:8000'\n",
         "requirements.lock": (REPO / "requirements.lock").read_bytes(),
         f"wheelhouse/{arch}/flask-3.1.3-py3-none-any.whl": b"wheel",

@@ -52,6 +52,8 @@ def source_dir(tmp_path: Path) -> Path:
     (root / "webapp" / "static" / "style.css").write_text("body{}\n")
     (root / "webapp" / "__pycache__").mkdir()
     (root / "webapp" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (root / "inference").mkdir()
+    (root / "inference" / "__init__.py").write_text("")
     (root / "requirements.txt").write_text("flask==3.1.3\nonnxruntime==1.31.1\n")
     (root / "requirements.lock").write_text("flask==3.1.3 --hash=sha256:" + "0" * 64 + "\n")
     (root / "gunicorn.conf.py").write_text("bind = '127.0.0.1:8000'\n")
@@ -145,6 +147,7 @@ def test_bundle_holds_the_serving_files_only_and_is_reproducible(
     assert {
         "webapp/__init__.py",
         "webapp/static/style.css",
+        "inference/__init__.py",
         "requirements.txt",
         "gunicorn.conf.py",
         "infra/host/bootstrap.sh",

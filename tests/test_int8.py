@@ -20,8 +20,8 @@ from export.calibration import split_images  # noqa: E402
 from export.fidelity import FidelityLimits  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.quantize import QuantizeOptions, nodes_kept_fp32  # noqa: E402
-from webapp.classifier import Classifier  # noqa: E402
-from webapp.model_spec import ModelSpec, read_spec_file  # noqa: E402
+from inference.classifier import Classifier  # noqa: E402
+from inference.model_spec import ModelSpec, read_spec_file  # noqa: E402
 
 CALIBRATION = 8
 HELD_OUT = 24

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, MAX_INPUT_SIZE, MIN_INPUT_SIZE,
+from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, MAX_INPUT_SIZE, MIN_INPUT_SIZE,
                                SPEC_METADATA_KEY, ModelSpec, SpecError, decode_cam_weights,
                                encode_cam_weights, melanoma_probabilities, spec_from_metadata)
 
@@ -23,7 +23,7 @@ def _spec(**changes: Any) -> ModelSpec:
 
 
 def test_importing_the_contract_loads_no_web_or_inference_library() -> None:
-    code = ("import webapp.model_spec, export.settings, sys; "
+    code = ("import inference.model_spec, export.settings, sys; "
             "print(sorted(m for m in ('flask', 'cv2', 'onnxruntime', 'torch') "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

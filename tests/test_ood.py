@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests import images, nonlesion
-from webapp import ood
+from inference import ood
 
 
 def test_scores_are_low_inside_the_reference_cloud_and_high_outside() -> None:

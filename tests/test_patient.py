@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from webapp import patient
+from inference import patient
 
 
 def test_the_lesion_unlike_the_others_is_the_odd_one_out() -> None:

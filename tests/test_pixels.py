@@ -6,7 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from webapp.pixels import BAND_BYTES, to_rgb8
+from inference.pixels import BAND_BYTES, to_rgb8
 
 
 @pytest.mark.parametrize(("dtype", "channels"), [(np.uint16, 4), (np.uint8, 4), (np.uint16, 3),

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests import images
-from webapp.errors import InvalidImage, UnsupportedImageType
-from webapp.image_header import read_header
-from webapp.model_spec import ModelSpec
-from webapp.preprocess import decode_image, fit_to_input, to_model_input
+from inference.errors import InvalidImage, UnsupportedImageType
+from inference.image_header import read_header
+from inference.model_spec import ModelSpec
+from inference.preprocess import decode_image, fit_to_input, to_model_input
 
 SPEC = ModelSpec(architecture="resnest14_fast_4s1x64d", input_size=64, output_kind="sigmoid",
                  melanoma_index=0, checkpoint_sha256="0" * 64, demo=True)

@@ -1,6 +1,6 @@
 """Exact geometry of fitting a photo to the input, and the exact size limits of decoding.
 
-Written against surviving mutants of webapp/preprocess.py: each test pins a number a
+Written against surviving mutants of inference/preprocess.py: each test pins a number a
 user would notice (which pixels the model sees, which sizes are refused, with which code).
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tests import images
-from webapp.errors import InvalidImage
-from webapp.model_spec import ModelSpec
-from webapp.preprocess import MIN_IMAGE_SIDE, decode_image, fit_to_input
+from inference.errors import InvalidImage
+from inference.model_spec import ModelSpec
+from inference.preprocess import MIN_IMAGE_SIDE, decode_image, fit_to_input
 
 SPEC = ModelSpec(architecture="resnest14_fast_4s1x64d", input_size=64, output_kind="sigmoid",
                  melanoma_index=0, checkpoint_sha256="0" * 64, demo=True)

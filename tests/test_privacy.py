@@ -245,7 +245,7 @@ def test_real_server_writes_no_file_while_handling_uploads(server: LiveServer,
     opencv_before = sorted(Path("/tmp").glob("__opencv_temp*"))
     trace = tmp_path / "worker.strace"
     # The worker's children too: images are decoded in processes forked by its decoder
-    # fork server (webapp/decode_sandbox.py), which -f then follows.
+    # fork server (inference/decode_sandbox.py), which -f then follows.
     decoders = children(worker)
     assert decoders, "the worker has no decoder fork server"
     targets = [argument for pid in [worker, *decoders] for argument in ("-p", str(pid))]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests import images, nonlesion
-from webapp import quality
+from inference import quality
 
 
 def _codes(image: np.ndarray) -> list[str]:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from export import reduced_decode
-from webapp import preprocess
-from webapp.classifier import Classifier
-from webapp.model_spec import ModelSpec, read_spec_file
+from inference import preprocess
+from inference.classifier import Classifier
+from inference.model_spec import ModelSpec, read_spec_file
 
 SPEC = ModelSpec(architecture="resnest14_fast_4s1x64d", input_size=128, output_kind="sigmoid",
                  melanoma_index=0, checkpoint_sha256="0" * 64, demo=True)

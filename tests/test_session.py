@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from webapp import preprocess, session
-from webapp.classifier import Classifier
-from webapp.errors import ModelLoadError
+from inference import preprocess, session
+from inference.classifier import Classifier
+from inference.errors import ModelLoadError
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 
 from export.errors import ExportError
 from export.settings import DEFAULTS, resolve
-from webapp.model_spec import IMAGENET_MEAN, MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from inference.model_spec import IMAGENET_MEAN, MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
 
 def test_defaults_when_nothing_is_given() -> None:

@@ -15,21 +15,21 @@ from devtools.server import REPO, start_server
 from devtools.stack import host_files, unit_settings
 from infra.host.render import UNIT_NAME
 
-RUNTIME_MODULE = REPO / "webapp" / "runtime.py"
-SOURCE_DIRS = ("webapp", "export", "evaluation", "bench", "infra", "devtools", "tests")
+RUNTIME_MODULE = REPO / "inference" / "runtime.py"
+SOURCE_DIRS = ("inference", "webapp", "export", "evaluation", "bench", "infra", "devtools", "tests")
 
 
 def _imports_onnxruntime(path: Path) -> bool:
-    """Whether the file imports onnxruntime without first importing webapp.runtime.
+    """Whether the file imports onnxruntime without first importing inference.runtime.
 
     Only the exporter's quantisation modules import `onnxruntime.quantization` themselves
-    (it needs the onnx package, which the server lacks); they import webapp.runtime first.
+    (it needs the onnx package, which the server lacks); they import inference.runtime first.
     """
     runtime_first = False
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and (
-                node.module == "webapp.runtime"
-                or (node.module == "webapp" and any(a.name == "runtime" for a in node.names))):
+                node.module == "inference.runtime"
+                or (node.module == "inference" and any(a.name == "runtime" for a in node.names))):
             runtime_first = True
         if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "onnxruntime"
                                                 for a in node.names):

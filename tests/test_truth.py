@@ -78,7 +78,7 @@ def test_default_model_heatmap_peaks_on_the_lesion(truth_report: TruthReport) ->
 def test_form_and_api_score_a_drawn_melanoma_above_the_threshold_and_a_naevus_below(
         full_demo_model: Path) -> None:
     from webapp.app import create_app
-    from webapp.model_spec import read_spec_file
+    from inference.model_spec import read_spec_file
 
     threshold = read_spec_file(full_demo_model).threshold
     client = create_app({"TESTING": True, "MODEL_PATH": str(full_demo_model),

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from webapp.errors import BadOption
-from webapp.tta import POLICIES, make_batch, views_for
+from inference.errors import BadOption
+from inference.tta import POLICIES, make_batch, views_for
 
 
 @pytest.fixture(scope="module")

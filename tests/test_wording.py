@@ -50,7 +50,7 @@ def test_shown_names_carry_no_markup_path_or_direction_tricks(name: str, shown: 
 ])
 def test_model_words_say_whether_a_demo_learned_anything(demo: bool, training_data: str,
                                                          state: str) -> None:
-    from webapp.model_spec import ModelSpec
+    from inference.model_spec import ModelSpec
 
     spec = ModelSpec(architecture="resnest50_fast_4s1x64d", input_size=128,
                      output_kind="sigmoid", melanoma_index=0, checkpoint_sha256="",

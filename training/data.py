@@ -14,10 +14,10 @@ from torch.utils.data import Dataset, Sampler
 
 from evaluation.dataset import LabelledImage
 from training.augment import Augment
-from webapp.preprocess import resize
+from inference.preprocess import resize
 
 # How images are fitted to the training size, recorded in the checkpoint for the server
-# (webapp/preprocess.py) to fit uploads the same way: area averaging when shrinking, which
+# (inference/preprocess.py) to fit uploads the same way: area averaging when shrinking, which
 # does not alias a large photo and matches a JPEG decoded at reduced scale.
 INTERPOLATION = "area"
 

@@ -29,7 +29,7 @@ from training.augment import Augment
 from training.data import (INTERPOLATION, LesionDataset, Normalise, StageSampler,
                            read_soft_targets)
 from training.folds import assign_folds
-from webapp.model_spec import IMAGENET_MEAN, IMAGENET_STD
+from inference.model_spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

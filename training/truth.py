@@ -36,8 +36,8 @@ def check_against_truth(model: Path, images: int, seed: int, size: int = 256,
                         melanoma_fraction: float = 0.1, policy: str = "dihedral",
                         ) -> TruthReport:
     """Generate `images` lesions (true labels, no label noise) and score them."""
-    from webapp import preprocess, tta
-    from webapp.classifier import Classifier
+    from inference import preprocess, tta
+    from inference.classifier import Classifier
 
     classifier = Classifier(model)
     views = tta.views_for(policy)

@@ -1,6 +1,6 @@
-"""Melanoma classifier web app.
+"""Melanoma classifier web app: the HTTP layer over the inference core.
 
 `webapp.app.create_app` builds the Flask app and `webapp.wsgi` is gunicorn's entry point.
-This package file stays empty on purpose: `webapp.model_spec`, the contract the exporter
-shares, must import without loading Flask, OpenCV or ONNX Runtime.
+Everything that turns uploaded bytes into a verified prediction lives in `inference/`;
+this package adds routes, forms, templates, admission, rate limits, security and responses.
 """

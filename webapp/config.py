@@ -6,7 +6,7 @@ from typing import Any
 from flask import Flask
 
 from webapp.capacity import Capacity
-from webapp.model_spec import DEFAULT_MAX_IMAGE_PIXELS
+from inference.model_spec import DEFAULT_MAX_IMAGE_PIXELS
 
 _CAPACITY = Capacity()
 
@@ -16,7 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": DEFAULT_MAX_IMAGE_PIXELS,
     "INTRA_OP_THREADS": 1,
-    # Where optimised graphs are kept between starts (webapp/session.py); None: no cache.
+    # Where optimised graphs are kept between starts (inference/session.py); None: no cache.
     "MODEL_CACHE_DIR": None,
     # gunicorn's threads follow from these (webapp/capacity.py); set them, not threads.
     "MAX_RUNNING": _CAPACITY.max_running,

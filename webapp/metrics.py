@@ -25,7 +25,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from webapp.model_spec import ModelSpec
+from inference.model_spec import ModelSpec
 
 REQUESTS = Counter("melanoma_http_requests_total", "HTTP requests answered",
                    ["method", "endpoint", "status"])

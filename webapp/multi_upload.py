@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 from flask import Request
 
-from webapp.errors import ClientError, InvalidImage
-from webapp.image_header import read_header
+from inference.errors import ClientError, InvalidImage
+from inference.image_header import read_header
 from webapp.wording import display_name
 
 FIELD = "images"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webapp import tta
+from inference import tta
 
 _WARNING_CODES = ["not_a_lesion", "blurry", "too_dark", "too_bright", "low_contrast",
                   "lesion_too_small"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from webapp.model_spec import ModelSpec
-from webapp.preprocess import PHOTO_MAX_SIDE
+from inference.model_spec import ModelSpec
+from inference.preprocess import PHOTO_MAX_SIDE
 
 DISPLAY_SIDE = PHOTO_MAX_SIDE
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from webapp import heatmap
+from inference import heatmap
 
 WIDTH, HEIGHT = 1240, 1754  # A4 at 150 dpi
 MARGIN = 80

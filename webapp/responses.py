@@ -6,7 +6,8 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from webapp import metrics
-from webapp.errors import ClientError, Overloaded
+from inference.errors import ClientError
+from webapp.errors import Overloaded
 
 _FRIENDLY = {
     400: "The request could not be understood.",

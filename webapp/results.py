@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from webapp import patient as patient_rank
+from inference import patient as patient_rank
 from webapp import wording
-from webapp.classifier import Prediction
-from webapp.errors import ClientError
-from webapp.insight import Insight
-from webapp.model_spec import ModelSpec
+from inference.classifier import Prediction
+from inference.errors import ClientError
+from inference.insight import Insight
+from inference.model_spec import ModelSpec
 from webapp.multi_upload import NamedUpload
 from webapp.report import ReportContent
 from webapp.service import Analysis, PredictionService

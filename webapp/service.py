@@ -14,12 +14,14 @@ from typing import Mapping
 
 from flask import Flask, current_app
 
-from webapp import metrics, photo, preprocess, tta, visuals
+from inference import preprocess, tta
+
+from webapp import metrics, photo, visuals
 from webapp.admission import InferenceGate
-from webapp.classifier import Classifier, Prediction
-from webapp.decode_sandbox import DecodeSandbox
-from webapp.insight import Insight
-from webapp.model_spec import DEFAULT_MAX_IMAGE_PIXELS, ModelSpec
+from inference.classifier import Classifier, Prediction
+from inference.decode_sandbox import DecodeSandbox
+from inference.insight import Insight
+from inference.model_spec import DEFAULT_MAX_IMAGE_PIXELS, ModelSpec
 
 _EXTENSION = "prediction_service"
 

@@ -8,7 +8,7 @@ from flask import Request
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import BadRequest
 
-from webapp.errors import BadOption, ClientError
+from inference.errors import BadOption, ClientError
 
 FIELD = "image"
 

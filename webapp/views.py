@@ -8,7 +8,9 @@ from flask import (Blueprint, Response, current_app, redirect, render_template, 
                    url_for)
 from werkzeug.wrappers import Response as BaseResponse
 
-from webapp import heatmap, report, results, tta, wording
+from inference import heatmap, tta
+
+from webapp import report, results, wording
 from webapp.service import current_service
 from webapp.multi_upload import (DEFAULT_MAX_IMAGES, DEFAULT_MAX_TOTAL_PIXELS, read_images,
                                  upload_name)

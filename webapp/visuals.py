@@ -6,8 +6,10 @@ from functools import cached_property
 
 import numpy as np
 
-from webapp import heatmap, photo
-from webapp.model_spec import ModelSpec
+from inference import heatmap
+
+from webapp import photo
+from inference.model_spec import ModelSpec
 
 DEFAULT_OPACITY = 0.4
 

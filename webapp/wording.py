@@ -5,7 +5,7 @@ import re
 from collections.abc import Sequence
 from pathlib import PurePosixPath, PureWindowsPath
 
-from webapp import tta
+from inference import tta
 
 _POLICY_WORDS = {
     "dihedral": "the photo turned and flipped every way",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from webapp.app import create_app
-from webapp.classifier import ModelLoadError
+from inference.classifier import ModelLoadError
 from webapp.config import ConfigError
 
 try:

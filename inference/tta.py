@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from webapp.errors import BadOption
+from inference.errors import BadOption
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from webapp.runtime import ort
+from inference.runtime import ort
 
-from webapp import heatmap, insight, ood, preprocess, tta
-from webapp.errors import ModelLoadError
-from webapp.model_spec import (CAM_WEIGHTS_METADATA_KEY, ModelSpec, SpecError,
+from inference import heatmap, insight, ood, preprocess, tta
+from inference.errors import ModelLoadError
+from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, ModelSpec, SpecError,
                                decode_cam_weights, spec_from_metadata)
-from webapp.session import open_session
+from inference.session import open_session
 
 
 @dataclass(frozen=True)

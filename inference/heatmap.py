@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from webapp.tta import View
+from inference.tta import View
 
 
 def activation_maps(features: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ import logging
 import os
 from pathlib import Path
 
-from webapp.runtime import ort
+from inference.runtime import ort
 
-from webapp.errors import ModelLoadError
+from inference.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

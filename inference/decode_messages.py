@@ -14,7 +14,7 @@ import threading
 import time
 
 MESSAGE_BYTES = 16 << 10
-log = logging.getLogger("webapp.decode")
+log = logging.getLogger("inference.decode")
 
 
 def capture_stderr() -> int:

@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from webapp.quality import ImageWarning
+from inference.quality import ImageWarning
 
 METADATA_KEY = "melanoma_ood_reference"
 MAX_COMPONENTS = 32

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from webapp import heatmap, quality
-from webapp.ood import OodReference
-from webapp.quality import ImageWarning
-from webapp.tta import View
+from inference import heatmap, quality
+from inference.ood import OodReference
+from inference.quality import ImageWarning
+from inference.tta import View
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from webapp.image_header import ImageHeader, read_header
-from webapp.model_spec import DEFAULT_MAX_IMAGE_PIXELS
+from inference.image_header import ImageHeader, read_header
+from inference.model_spec import DEFAULT_MAX_IMAGE_PIXELS
 # What a decode may hold at its peak (see decoded_bytes): 44 MP of RGB PNG fits, 49 MP of
 # RGBA does not; large JPEGs are decoded at reduced scale and fit whatever their size.
 DEFAULT_MAX_DECODED_BYTES = 256 << 20
@@ -22,9 +22,9 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from webapp.errors import InvalidImage  # noqa: E402
-from webapp.model_spec import ModelSpec  # noqa: E402
-from webapp.pixels import to_rgb8  # noqa: E402
+from inference.errors import InvalidImage  # noqa: E402
+from inference.model_spec import ModelSpec  # noqa: E402
+from inference.pixels import to_rgb8  # noqa: E402
 
 MIN_IMAGE_SIDE = 32
 # The photo kept beside the model's input (ModelView.photo): enough for a result page,

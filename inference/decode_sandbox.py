@@ -26,14 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from webapp.decode_messages import WarningLog, capture_stderr, read_messages
-from webapp.errors import ClientError, InvalidImage
-from webapp.model_spec import ModelSpec
-from webapp.preprocess import (DEFAULT_MAX_DECODED_BYTES, PHOTO_MAX_SIDE, DecodeLimits,
+from inference.decode_messages import WarningLog, capture_stderr, read_messages
+from inference.errors import ClientError, InvalidImage
+from inference.model_spec import ModelSpec
+from inference.preprocess import (DEFAULT_MAX_DECODED_BYTES, PHOTO_MAX_SIDE, DecodeLimits,
                                ModelView, prepare)
 
 Task = Callable[[bytes, ModelSpec, DecodeLimits], ModelView]
-_SERVER = "import sys, webapp.decode_sandbox as s; s.serve(int(sys.argv[1]))"
+_SERVER = "import sys, inference.decode_sandbox as s; s.serve(int(sys.argv[1]))"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from webapp.errors import InvalidImage, UnsupportedImageType
+from inference.errors import InvalidImage, UnsupportedImageType
 
 # A libjpeg progressive JPEG has 10 scans, mozjpeg's about 20; each scan is a full pass.
 MAX_JPEG_SCANS = 100

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from webapp.errors import InvalidImage
+from inference.errors import InvalidImage
 
 BAND_BYTES = 4 << 20
 

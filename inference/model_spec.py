@@ -78,7 +78,7 @@ class ModelSpec:
     created: str = ""
     provenance: str = ""
     schema_version: int = SCHEMA_VERSION
-    # Decoding (webapp/preprocess.py): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
+    # Decoding (inference/preprocess.py): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
     # while its shorter side stays at least this many times input_size; 0 decodes in full
     # (unless only a reduced decode fits the memory budget). Set by
     # `python -m export.reduced_decode` only where the model keeps its answers, with what it
@@ -266,7 +266,7 @@ def spec_from_metadata(metadata: Mapping[str, str]) -> ModelSpec:
 
 def read_spec_file(path: Path) -> ModelSpec:
     """Read the spec of an .onnx file with ONNX Runtime (no onnx package needed)."""
-    from webapp.runtime import ort  # here, so spec parsing stays light for everyone else
+    from inference.runtime import ort  # here, so spec parsing stays light for everyone else
 
     try:
         options = ort.SessionOptions()
