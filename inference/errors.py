@@ -12,14 +12,21 @@ class ClientError(Exception):
 
     status = 400
     code = "bad_request"
+    # Seconds after which the same request may succeed, for a refusal that is temporary.
+    retry_after: int | None = None
+    # Which of a request's several photos the refusal is about, where it is about one.
+    photo_index: int | None = None
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         if status is not None:
             self.status = status
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class InvalidImage(ClientError):
@@ -36,3 +43,15 @@ class UnsupportedImageType(InvalidImage):
 
 class BadOption(ClientError):
     code = "invalid_option"
+
+
+class DecoderUnavailable(ClientError):
+    """The decoding process is being replaced; the same upload will work in a moment."""
+
+    status = 503
+    code = "decoder_unavailable"
+    retry_after = 2
+
+    def __init__(self) -> None:
+        super().__init__("The image decoder is restarting; send the photo again in a few "
+                         "seconds.")

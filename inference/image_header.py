@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from inference.errors import InvalidImage, UnsupportedImageType
 
 # A libjpeg progressive JPEG has 10 scans, mozjpeg's about 20; each scan is a full pass.
@@ -113,6 +115,9 @@ def _jpeg_samples_per_pixel(frame: bytes) -> float:
     if not frame:
         raise InvalidImage("the JPEG frame header is truncated")
     count = frame[0]
+    if not 1 <= count <= 4:
+        raise InvalidImage(f"the JPEG frame header is corrupt: it lists {count} colour "
+                           "components (a photo has 1 to 4)")
     factors = [(frame[2 + 3 * i] >> 4, frame[2 + 3 * i] & 15) for i in range(count)
                if 2 + 3 * i < len(frame)]
     if len(factors) != count or not all(h and v for h, v in factors):
@@ -213,8 +218,19 @@ def _webp(data: bytes) -> ImageHeader | None:
     raise InvalidImage("the WebP is truncated or corrupt")
 
 
-_TIFF_SIZES = {1: 1, 3: 2, 4: 4, 16: 8}  # BYTE, SHORT, LONG, LONG8
-_TIFF_CODES = {1: "B", 3: "H", 4: "I", 16: "Q"}
+# Bytes per value of every TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE,
+# UNDEFINED, SSHORT, SLONG, SRATIONAL, FLOAT, DOUBLE, IFD, LONG8, SLONG8, IFD8).
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+                    13: 4, 16: 8, 17: 8, 18: 8}
+_TIFF_UNSIGNED = {1: "u1", 3: "u2", 4: "u4", 16: "u8"}  # the types a size or offset may have
+_TIFF_NAMES = {256: "image width", 257: "image height", 258: "bits per sample",
+               277: "samples per pixel", 273: "strip offsets", 279: "strip byte counts",
+               324: "tile offsets", 325: "tile byte counts"}
+_TIFF_SINGLE = (256, 257, 277)   # one value each; only the first is read
+_TIFF_LISTS = (273, 279, 324, 325)
+# A 100 MP image stored one row per strip, four planes, has 40,000 strips; photos have a
+# few hundred. Past this a file's layout is refused without reading its list.
+MAX_TIFF_STRIPS = 1 << 16
 
 
 def _tiff(data: bytes) -> ImageHeader | None:
@@ -225,53 +241,88 @@ def _tiff(data: bytes) -> ImageHeader | None:
     else:
         return None
     try:
-        tags = _tiff_tags(data, order)
+        tags, extra_samples = _tiff_tags(data, order)
     except struct.error:
         raise InvalidImage("the TIFF is truncated or corrupt") from None
     if 256 not in tags or 257 not in tags:
         raise InvalidImage("the TIFF has no image dimensions")
-    return _tiff_header(data, tags)
+    return _tiff_header(data, tags, extra_samples)
 
 
-def _tiff_tags(data: bytes, order: str) -> dict[int, tuple[int, ...]]:
-    """Every numeric tag of the first directory, each value read by its declared type."""
+def _tiff_tags(data: bytes, order: str) -> tuple[dict[int, np.ndarray], bool]:
+    """The few tags the header needs, read from the first directory, and whether it lists
+    extra (alpha) samples.
+
+    Sizes are checked by arithmetic on each entry's type and count before any value is
+    read, and no other tag's values are ever read: a small file cannot make this allocate
+    or loop over more than it holds.
+    """
     (offset,) = struct.unpack(order + "I", data[4:8])
     (count,) = struct.unpack(order + "H", data[offset:offset + 2])
     if count > MAX_TIFF_ENTRIES:
         raise _too_complex(f"the TIFF directory has {count} entries (limit {MAX_TIFF_ENTRIES})")
-    tags: dict[int, tuple[int, ...]] = {}
+    tags: dict[int, np.ndarray] = {}
+    seen: set[int] = set()
     for index in range(count):
         entry = data[offset + 2 + 12 * index: offset + 14 + 12 * index]
         tag, kind, number = struct.unpack(order + "HHI", entry[:8])
-        if kind not in _TIFF_SIZES:
-            continue
-        size = _TIFF_SIZES[kind] * number
-        if size > len(data):
+        if tag in seen:
+            raise InvalidImage(f"the TIFF is corrupt: its directory lists tag {tag} twice")
+        seen.add(tag)
+        if _TIFF_TYPE_SIZES.get(kind, 1) * number > len(data):
             raise InvalidImage(f"the TIFF tag {tag} claims {number} values, more than the file")
-        if size <= 4:
-            raw = entry[8:8 + size]
-        else:
-            (where,) = struct.unpack(order + "I", entry[8:12])
-            raw = data[where:where + size]
-        tags[tag] = struct.unpack(f"{order}{number}{_TIFF_CODES[kind]}", raw)
-    return tags
+        if tag in _TIFF_NAMES:
+            tags[tag] = _tiff_values(data, order, entry, tag, kind, number)
+    return tags, 338 in seen
 
 
-def _tiff_header(data: bytes, tags: dict[int, tuple[int, ...]]) -> ImageHeader:
-    width, height = tags[256][0], tags[257][0]
-    samples = tags.get(277, (1,))[0]
-    bits = tags.get(258, (1,))
+def _tiff_values(data: bytes, order: str, entry: bytes, tag: int, kind: int,
+                 number: int) -> np.ndarray:
+    name = _TIFF_NAMES[tag]
+    if kind not in _TIFF_UNSIGNED:
+        raise InvalidImage(f"the TIFF's {name} tag has field type {kind}, not an integer")
+    if number == 0:
+        raise InvalidImage(f"the TIFF's {name} tag holds no value")
+    if tag in _TIFF_SINGLE:
+        number = 1
+    elif tag == 258 and number > 4:
+        raise InvalidImage(f"the TIFF lists {number} bit depths; a pixel has at most 4 samples")
+    elif tag in _TIFF_LISTS and number > MAX_TIFF_STRIPS:
+        raise _too_complex(f"the TIFF is stored in {number} strips or tiles (limit "
+                           f"{MAX_TIFF_STRIPS}); re-save it as a JPEG or PNG")
+    size = _TIFF_TYPE_SIZES[kind] * number
+    if size <= 4:
+        raw = entry[8:8 + size]
+    else:
+        (where,) = struct.unpack(order + "I", entry[8:12])
+        raw = data[where:where + size]
+    if len(raw) < size:
+        raise InvalidImage(f"the TIFF's {name} lie outside the file")
+    return np.frombuffer(raw, np.dtype(order + _TIFF_UNSIGNED[kind]), number).astype(np.int64)
+
+
+def _tiff_header(data: bytes, tags: dict[int, np.ndarray], extra_samples: bool) -> ImageHeader:
+    width, height = int(tags[256][0]), int(tags[257][0])
+    samples = int(tags[277][0]) if 277 in tags else 1
+    bits = [int(b) for b in tags[258]] if 258 in tags else [1]
     if not 1 <= samples <= 4 or len(bits) not in (1, samples):
         raise InvalidImage(f"the TIFF's tags are inconsistent: {samples} samples a pixel "
                            f"with {len(bits)} bit depths")
     if any(b not in (1, 2, 4, 8, 16, 32) for b in bits) or len(set(bits)) != 1:
         raise InvalidImage(f"the TIFF has unsupported bit depths {sorted(set(bits))}")
-    counts = tags.get(279, ()) + tags.get(325, ())
-    offsets = tags.get(273, ()) + tags.get(324, ())
-    if not counts or len(counts) != len(offsets) or sum(counts) > len(data) or any(
-            o + c > len(data) for o, c in zip(offsets, counts, strict=True)):
+    counts, offsets = _tiff_layout(tags)
+    if (not len(counts) or len(counts) != len(offsets) or int(counts.sum()) > len(data)
+            or bool(np.any(offsets + counts > len(data)))):
         raise InvalidImage("the TIFF's tags are inconsistent: its strips or tiles lie "
                            "outside the file")
-    alpha = samples in (2, 4) or 338 in tags
+    alpha = samples in (2, 4) or extra_samples
     return ImageHeader("TIFF", width, height, 4 if alpha else 3,
                        {16: 2, 32: 4}.get(bits[0], 1))
+
+
+def _tiff_layout(tags: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Byte counts and offsets of the strips, or of the tiles."""
+    empty = np.zeros(0, np.int64)
+    counts = np.concatenate([tags.get(279, empty), tags.get(325, empty)])
+    offsets = np.concatenate([tags.get(273, empty), tags.get(324, empty)])
+    return counts, offsets

@@ -119,6 +119,73 @@ def large_photo_jpeg(width: int = 4000, height: int = 3000) -> bytes:
     return images.encode(photo, ".jpg", quality=90)
 
 
+def _tiff(entries: list[tuple[int, int, int, int]], tail: bytes = b"") -> bytes:
+    """A little-endian TIFF: one directory of (tag, type, count, value or offset) entries
+    right after the 8-byte header, then `tail` (at offset 10 + 12 * len(entries) + 4)."""
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += struct.pack("<HHII", tag, kind, count, value)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + tail
+
+
+def _tiff_tail_offset(entries: int) -> int:
+    return 8 + 2 + 12 * entries + 4
+
+
+def tiff_tag_memory_bomb(size: int = 1 << 20, tags: int = 256) -> bytes:
+    """1 MiB whose every directory entry claims ~a million BYTE values: a reader that
+    turns each tag into a tuple of its values builds ~2 GiB of Python objects."""
+    offset = _tiff_tail_offset(tags)
+    count = size - offset - 16
+    return _tiff([(256 + i, 1, count, offset) for i in range(tags)], b"\x00" * (size - offset))
+
+
+def _grey_tiff_entries(side: int, strip_offset: int) -> list[tuple[int, int, int, int]]:
+    # SHORT values sit in the entry's first two bytes (little-endian, so as an int here).
+    return [(256, 3, 1, side), (257, 3, 1, side), (258, 3, 1, 8), (259, 3, 1, 1),
+            (262, 3, 1, 1), (273, 4, 1, strip_offset), (277, 3, 1, 1), (278, 3, 1, side),
+            (279, 4, 1, side * side)]
+
+
+def tiff_cpu_entries(size: int = 6 << 20, extra: int = 246, side: int = 64) -> bytes:
+    """A valid 64x64 grey TIFF plus `extra` entries of one tag number, each claiming the
+    whole file as BYTE values: a reader that unpacks every entry does `extra` passes over
+    the upload (~1 s of CPU per MiB in the worker before)."""
+    entries = len(_grey_tiff_entries(side, 0)) + extra
+    offset = _tiff_tail_offset(entries)
+    listed = _grey_tiff_entries(side, offset)
+    count = size - offset
+    listed += [(700, 1, count, offset)] * extra
+    return _tiff(listed, b"\x80" * count)
+
+
+def tiff_zero_count_width(side: int = 64) -> bytes:
+    """A grey TIFF whose ImageWidth entry holds zero values."""
+    offset = _tiff_tail_offset(9)
+    entries = _grey_tiff_entries(side, offset)
+    entries[0] = (256, 3, 0, 0)
+    return _tiff(entries, b"\x80" * side * side)
+
+
+def jpeg_zero_components() -> bytes:
+    """A JPEG whose frame header (SOF0) lists zero colour components."""
+    ok, data = cv2.imencode(".jpg", np.full((32, 32, 3), 128, np.uint8))
+    assert ok
+    raw = bytearray(data.tobytes())
+    frame = raw.index(b"\xff\xc0")
+    raw[frame + 9] = 0  # number of components, after length, precision, height, width
+    return bytes(raw)
+
+
+# Headers crafted against the header reader itself (which runs before any decoder).
+CRAFTED_HEADERS: dict[str, Callable[[], bytes]] = {
+    "tiff-tag-memory": tiff_tag_memory_bomb,
+    "tiff-cpu-entries": tiff_cpu_entries,
+    "jpeg-zero-components": jpeg_zero_components,
+    "tiff-zero-count-width": tiff_zero_count_width,
+}
+
+
 BOMBS: dict[str, Callable[[], bytes]] = {
     "webp-rgba-7000": rgba_webp,
     "png16-rgba-7000": lambda: rgba_png(16),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -12,6 +14,7 @@ import pytest
 from tests import bombs, images
 from inference.decode_sandbox import DecodeSandbox, SandboxLimits
 from inference.errors import InvalidImage
+from inference.image_header import ImageHeader
 from inference.model_spec import ModelSpec
 from inference.preprocess import DecodeLimits, ModelView, fit_to_input, prepare
 
@@ -104,3 +107,72 @@ def test_jpeg_beyond_the_memory_budget_is_decoded_reduced_not_refused() -> None:
     view = prepare(bombs.grey_jpeg(10000, 5000), SPEC, LIMITS)
     assert (view.width, view.height) == (10000, 5000)
     assert view.image.shape == (128, 128, 3)
+
+
+def _fork_server_pid(box: DecodeSandbox) -> int:
+    server = box._server
+    assert server is not None
+    return server.pid
+
+
+def test_frozen_fork_server_is_replaced_and_the_upload_still_decoded(
+        sandbox: DecodeSandbox) -> None:
+    # Before: every upload waited the whole wall-clock limit and got 422 "re-save it".
+    data = images.encode(images.lesion_rgb(), ".jpg")
+    sandbox.prepare(data, SPEC, LIMITS)
+    frozen = _fork_server_pid(sandbox)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        view = sandbox.prepare(data, SPEC, LIMITS)
+        assert view.image.shape == (128, 128, 3)
+        assert time.monotonic() - started < 6.0
+        assert _fork_server_pid(sandbox) != frozen
+    finally:
+        _kill_quietly(frozen)
+
+
+def test_health_tells_of_a_frozen_fork_server_and_restores_it(sandbox: DecodeSandbox) -> None:
+    assert sandbox.health() == ""
+    frozen = _fork_server_pid(sandbox)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        assert "restart" in sandbox.health()
+        deadline = time.monotonic() + 20
+        while sandbox.health() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sandbox.health() == ""
+        assert _fork_server_pid(sandbox) != frozen
+    finally:
+        _kill_quietly(frozen)
+
+
+def test_health_waits_for_a_starting_fork_server_without_killing_it() -> None:
+    box = DecodeSandbox()
+    box.start()
+    first = _fork_server_pid(box)
+    reasons = {box.health() for _ in range(3)}
+    assert reasons <= {"", "the image decoder is starting"}
+    assert _fork_server_pid(box) == first
+
+
+def test_headers_are_read_in_the_child(sandbox: DecodeSandbox,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import inference.image_header
+
+    def forbidden(data: bytes) -> object:
+        raise AssertionError("a header was read in the worker")
+
+    monkeypatch.setattr(inference.image_header.read_header, "__code__", forbidden.__code__)
+    good = images.encode(images.lesion_rgb(300, 200), ".png")
+    read = sandbox.read_headers([good, bombs.tiff_tag_memory_bomb(), b""])
+    assert isinstance(read[0], ImageHeader) and (read[0].width, read[0].height) == (300, 200)
+    assert isinstance(read[1], InvalidImage) and 400 <= read[1].status < 500
+    assert isinstance(read[2], InvalidImage) and read[2].code == "empty_image"
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

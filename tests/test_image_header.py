@@ -1,7 +1,9 @@
 """The header scan: sizes read by their declared types, and decoding costs refused up front."""
 from __future__ import annotations
 
+import random
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -103,3 +105,85 @@ def test_rgba_16_bit_converts_exactly_as_float_maths_would() -> None:
     weight = eight[:, :, 3:] / 255.0
     expected = np.round(eight[:, :, :3] * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
     assert np.array_equal(decoded, expected)
+
+
+def _refusal(data: bytes) -> InvalidImage:
+    with pytest.raises(InvalidImage) as refused:
+        read_header(data)
+    assert 400 <= refused.value.status < 500
+    return refused.value
+
+
+def test_tiff_tags_claiming_millions_of_values_cost_no_memory() -> None:
+    # Before: ~2 GiB of tuples built from a 1 MiB upload (the worker was OOM-killed).
+    data = bombs.tiff_tag_memory_bomb()
+    tracemalloc.start()
+    try:
+        _refusal(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+def test_tiff_repeating_one_tag_is_refused_without_reading_its_values() -> None:
+    # Before: accepted after ~1 s of CPU per MiB (each repeat unpacked the whole file).
+    started = time.process_time()
+    error = _refusal(bombs.tiff_cpu_entries())
+    assert time.process_time() - started < 0.2
+    assert "700" in error.message
+
+
+def test_tiff_width_with_no_value_is_a_clear_refusal() -> None:
+    # Before: IndexError, a 500.
+    assert "width" in _refusal(bombs.tiff_zero_count_width()).message
+
+
+def test_jpeg_frame_with_no_components_is_a_clear_refusal() -> None:
+    # Before: ValueError from max() of nothing, a 500.
+    assert "component" in _refusal(bombs.jpeg_zero_components()).message
+
+
+def test_tiff_with_absurd_strip_count_is_refused_by_arithmetic() -> None:
+    side = 64
+    offset = bombs._tiff_tail_offset(9)
+    entries = bombs._grey_tiff_entries(side, offset)
+    entries[5] = (273, 4, 3_000_000, offset)  # three million strip offsets for 64 rows
+    entries[8] = (279, 4, 3_000_000, offset)
+    data = bombs._tiff(entries, b"\x80" * (12 << 20))
+    started = time.process_time()
+    assert "strips" in _refusal(data).message
+    assert time.process_time() - started < 0.2
+
+
+def test_tiff_without_strips_or_tiles_is_refused() -> None:
+    side = 64
+    offset = bombs._tiff_tail_offset(7)
+    entries = [e for e in bombs._grey_tiff_entries(side, offset) if e[0] not in (273, 279)]
+    _refusal(bombs._tiff(entries, b"\x80" * side * side))
+
+
+def test_good_tiff_still_reads() -> None:
+    data = bombs.tiff_cpu_entries(extra=0)
+    assert read_header(data) == read_header(data)
+    header = read_header(data)
+    assert (header.format, header.width, header.height) == ("TIFF", 64, 64)
+
+
+@pytest.mark.parametrize("name", sorted(bombs.CRAFTED_HEADERS))
+def test_every_truncation_and_byte_flip_of_a_crafted_header_is_a_4xx(name: str) -> None:
+    """Whatever is cut or changed, the reader answers with a header or an InvalidImage."""
+    data = bombs.CRAFTED_HEADERS[name]()
+    head = data[:512]
+    rng = random.Random(name)
+    variants = [data[:cut] for cut in range(0, 200, 3)]
+    for _ in range(300):
+        flipped = bytearray(head)
+        for _ in range(rng.randint(1, 4)):
+            flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+        variants.append(bytes(flipped) + data[512:4096])
+    for variant in variants:
+        try:
+            read_header(variant)
+        except InvalidImage as error:
+            assert 400 <= error.status < 500

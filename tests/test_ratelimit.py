@@ -64,7 +64,7 @@ def test_api_answers_429_with_retry_after_past_the_limit(limited: FlaskClient,
     refused = _predict(limited, lesion_jpeg_bytes)
     assert refused.status_code == 429
     assert refused.json["error"] == "rate_limited"
-    assert "3 a minute" in refused.json["message"]
+    assert "3 photos a minute" in refused.json["message"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 20
     assert refused.headers["Content-Security-Policy"]
     assert _predict(limited, lesion_jpeg_bytes, address="192.0.2.2").status_code == 200

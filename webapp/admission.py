@@ -17,10 +17,13 @@ _DRAIN_CHUNK = 256 * 1024
 
 
 class InferenceGate:
-    """`max_running` predictions at a time, at most `max_waiting` queued behind them.
+    """`max_running` requests at a time, at most `max_waiting` queued behind them, each
+    counted as the predictions it asks for (a patient's photos, one each).
 
-    A request that finds the queue full, or waits longer than `wait_timeout` seconds,
-    is refused at once with a Retry-After hint rather than piling up in memory.
+    A request that finds the queue full, or work queued ahead of it that would take longer
+    than `wait_timeout` seconds (at the measured seconds a prediction), is refused at once
+    with a Retry-After hint rather than piling up in memory. Once admitted, a request runs
+    all its predictions in one slot: nothing it has done is thrown away by a timeout.
     """
 
     def __init__(self, max_running: int = _DEFAULT.max_running,
@@ -29,6 +32,7 @@ class InferenceGate:
         self._slots = threading.BoundedSemaphore(max_running)
         self._lock = threading.Lock()
         self._waiting = 0
+        self._backlog = 0  # predictions admitted and not finished, waiting or running
         self._max_waiting = max_waiting
         self._wait_timeout = wait_timeout
         self._max_running = max_running
@@ -42,42 +46,51 @@ class InferenceGate:
         return self._waiting >= self._max_waiting
 
     def retry_after(self) -> int:
-        backlog = (self._waiting + self._max_running) / self._max_running
-        return max(1, math.ceil(backlog * self._recent_seconds))
+        return max(1, math.ceil(self._backlog_seconds(self._backlog + self._max_running)))
+
+    def _backlog_seconds(self, predictions: int) -> float:
+        return predictions * self._recent_seconds / self._max_running
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self, predictions: int = 1) -> Iterator[None]:
         with self._lock:
-            if self._waiting >= self._max_waiting:
+            if (self._waiting >= self._max_waiting
+                    or self._backlog_seconds(self._backlog) > self._wait_timeout):
                 raise Overloaded(self.retry_after())
             self._waiting += 1
+            self._backlog += predictions
         try:
-            acquired = self._slots.acquire(timeout=self._wait_timeout)
+            try:
+                acquired = self._slots.acquire(timeout=self._wait_timeout)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not acquired:
+                raise Overloaded(self.retry_after())
+            with self._lock:
+                ticket = self._next_ticket
+                self._next_ticket += 1
+                self._running_since[ticket] = time.monotonic()
+            try:
+                yield
+            finally:
+                with self._lock:
+                    del self._running_since[ticket]
+                self._slots.release()
         finally:
             with self._lock:
-                self._waiting -= 1
-        if not acquired:
-            raise Overloaded(self.retry_after())
-        with self._lock:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._running_since[ticket] = time.monotonic()
-        try:
-            yield
-        finally:
-            with self._lock:
-                del self._running_since[ticket]
-            self._slots.release()
+                self._backlog -= predictions
 
     def record(self, seconds: float) -> None:
-        # An exponential average is enough for a Retry-After hint.
+        """Seconds one prediction took; an exponential average is enough for the estimates."""
         self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
 
     def longest_running(self) -> float:
-        """Seconds the oldest admitted prediction has held its slot; 0 when none runs."""
+        """Seconds the oldest admitted request has held its slot; 0 when none runs."""
         with self._lock:
             oldest = min(self._running_since.values(), default=None)
         return 0.0 if oldest is None else time.monotonic() - oldest
+
 
 def init_app(app: Flask, gate: InferenceGate, endpoints: frozenset[str]) -> None:
     """Refuse predictions while the gate is full before their body is parsed.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from webapp import openapi, results
+from webapp import openapi, ratelimit, results
 from webapp.service import current_service
 from webapp.multi_upload import read_images
 from webapp.uploads import read_flag, read_image
@@ -34,10 +34,11 @@ def predict() -> Response:
 def patient() -> Response:
     policy = request.values.get("tta") or current_app.config["DEFAULT_TTA"]
     want_heatmap = read_flag(request, "heatmap", False)
-    uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]),
-                          int(current_app.config["MAX_PATIENT_PIXELS"]))
+    uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]))
+    ratelimit.charge(len(uploads))
     service = current_service()
-    lesions = results.patient(uploads, policy, service)
+    lesions = results.patient(uploads, policy, service,
+                              int(current_app.config["MAX_PATIENT_PIXELS"]))
     return _no_store(jsonify(results.patient_body(lesions, service.spec, want_heatmap)))
 
 

@@ -5,13 +5,13 @@ from dataclasses import dataclass
 
 from flask import Request
 
-from inference.errors import ClientError, InvalidImage
-from inference.image_header import read_header
+from inference.errors import ClientError
+from webapp.uploads import refuse_malformed_parts
 from webapp.wording import display_name
 
 FIELD = "images"
 DEFAULT_MAX_IMAGES = 6
-DEFAULT_MAX_TOTAL_PIXELS = 100_000_000
+DEFAULT_MAX_TOTAL_PIXELS = 100_000_000  # summed over a request's photos, in the sandbox
 
 
 @dataclass(frozen=True)
@@ -20,16 +20,17 @@ class NamedUpload:
     data: bytes
 
 
-def read_images(request: Request, max_images: int, max_total_pixels: int,
-                min_images: int = 1) -> list[NamedUpload]:
-    """Every file of the `images` field, refused as a whole when any bound is exceeded.
+def read_images(request: Request, max_images: int, min_images: int = 1) -> list[NamedUpload]:
+    """Every file of the `images` field, refused as a whole when there are too few or many.
 
-    The request's bytes are bounded by MAX_CONTENT_LENGTH before this runs; pixels are
-    summed from the headers so no image is decoded when their sum is over the bound.
+    Only bytes are moved here: headers and pixels are read in the decode sandbox
+    (PredictionService.predict_each), never in the worker. The request's bytes are
+    bounded by MAX_CONTENT_LENGTH before this runs.
     """
     if not request.mimetype.startswith("multipart/form-data"):
         raise ClientError(f"send the images as multipart/form-data in a field named {FIELD!r}",
                           code="unsupported_content_type", status=415)
+    refuse_malformed_parts(request, FIELD)
     files = [f for f in request.files.getlist(FIELD) if f.filename or f.content_length]
     if not files:
         raise ClientError(f"no images uploaded: expected files in the field {FIELD!r}",
@@ -41,22 +42,12 @@ def read_images(request: Request, max_images: int, max_total_pixels: int,
         raise ClientError(f"choose at least {min_images} photos to compare; got {len(files)}",
                           code="too_few_images")
     uploads = []
-    total = 0
     for number, part in enumerate(files, start=1):
         name = display_name(part.filename, f"photo-{number}")
         data = part.stream.read()
         if not data:
             raise ClientError(f"{name}: the file is empty", code="empty_image")
-        try:
-            total += read_header(data).pixels
-        except InvalidImage as error:
-            raise type(error)(f"{name}: {error.message}", code=error.code,
-                              status=error.status) from None
         uploads.append(NamedUpload(name, data))
-    if total > max_total_pixels:
-        raise ClientError(f"the photos have {total / 1e6:.0f} MP together; the limit is "
-                          f"{max_total_pixels / 1e6:.0f} MP per request",
-                          code="images_too_large", status=413)
     return uploads
 
 

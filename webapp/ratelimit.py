@@ -1,4 +1,6 @@
-"""A per-client limit on the predict routes: RATELIMIT_PER_MINUTE per address, 0 = off.
+"""A per-client limit on the predict routes: RATELIMIT_PER_MINUTE predictions per address,
+0 = off. A patient request costs one per photo: the first before its body is read, the
+rest once its photos are counted (`charge`), before any is decoded.
 
 nginx already limits predict per address in front of the app; this is the second line for
 when the app is reached another way. Buckets live in the worker's memory, so with several
@@ -13,7 +15,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
+
+from inference.errors import ClientError
 
 from webapp.responses import error_response
 
@@ -33,21 +37,24 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def acquire(self, client: str) -> int:
-        """Take one token for `client`: 0 if allowed, else seconds until one is free."""
+    def acquire(self, client: str, cost: float = 1.0) -> int:
+        """Take `cost` tokens for `client`: 0 if allowed, else seconds until they are there
+        (nothing is taken then). A cost above the bucket's size is paid from a full bucket,
+        so it is refused only while the client has spent recently."""
         now = self._clock()
+        cost = min(cost, self.capacity)
         with self._lock:
             tokens, updated = self._buckets.pop(client, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - updated) * self.refill_per_second)
-            allowed = tokens >= 1.0
+            allowed = tokens >= cost
             if allowed:
-                tokens -= 1.0
+                tokens -= cost
             self._buckets[client] = (tokens, now)
             if len(self._buckets) > MAX_CLIENTS:
                 self._buckets.popitem(last=False)
         if allowed:
             return 0
-        return max(1, math.ceil((1.0 - tokens) / self.refill_per_second))
+        return max(1, math.ceil((cost - tokens) / self.refill_per_second))
 
 
 def init_app(app: Flask) -> None:
@@ -62,9 +69,33 @@ def init_app(app: Flask) -> None:
     def _limit() -> Response | None:
         if request.endpoint not in LIMITED_ENDPOINTS:
             return None
-        wait = limiter.acquire(request.remote_addr or "unknown")
+        wait = limiter.acquire(_client())
         if not wait:
             return None
-        return error_response(429, "rate_limited",
-                              f"Too many analyses from your address; the limit is {per_minute} "
-                              f"a minute. Try again in {wait} s.", {"Retry-After": str(wait)})
+        return _refusal(per_minute, wait)
+
+
+def charge(predictions: int) -> None:
+    """Charge the current request for the predictions beyond the one paid on arrival;
+    a ClientError (429) when its client has not that many left."""
+    limiter: RateLimiter | None = current_app.extensions.get("ratelimit")
+    if limiter is None or predictions <= 1:
+        return
+    wait = limiter.acquire(_client(), predictions - 1)
+    if wait:
+        raise ClientError(_message(int(limiter.capacity), wait), code="rate_limited",
+                          status=429, retry_after=wait)
+
+
+def _client() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _message(per_minute: int, wait: int) -> str:
+    return (f"Too many analyses from your address; the limit is {per_minute} photos a "
+            f"minute. Try again in {wait} s.")
+
+
+def _refusal(per_minute: int, wait: int) -> Response:
+    return error_response(429, "rate_limited", _message(per_minute, wait),
+                          {"Retry-After": str(wait)})

@@ -49,7 +49,8 @@ def _size(limit: int) -> str:
 def init_app(app: Flask) -> None:
     @app.errorhandler(ClientError)
     def _client_error(error: ClientError) -> Response:
-        return error_response(error.status, error.code, error.message)
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+        return error_response(error.status, error.code, error.message, headers)
 
     @app.errorhandler(Overloaded)
     def _overloaded(error: Overloaded) -> Response:

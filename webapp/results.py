@@ -101,17 +101,17 @@ class Lesion:
         return self.analysis.visuals
 
 
-def patient(uploads: Sequence[NamedUpload], policy: str,
-            service: PredictionService) -> list[Lesion]:
-    """Analyse each photo in turn (each admitted like a single upload), then rank them."""
-    analyses = []
-    for upload in uploads:
-        try:
-            analyses.append(service.predict(upload.data, policy, want_heatmap=True,
-                                            display_side=THUMBNAIL_SIDE))
-        except ClientError as error:  # name the photo the problem is about
-            raise type(error)(f"{upload.filename}: {error.message}", code=error.code,
-                              status=error.status) from None
+def patient(uploads: Sequence[NamedUpload], policy: str, service: PredictionService,
+            max_total_pixels: int) -> list[Lesion]:
+    """Analyse the photos as one piece of work (PredictionService.predict_each), then rank
+    them; a refusal names the photo it is about."""
+    try:
+        analyses = service.predict_each([upload.data for upload in uploads], policy,
+                                        max_total_pixels, display_side=THUMBNAIL_SIDE)
+    except ClientError as error:
+        if error.photo_index is not None:
+            error.message = f"{uploads[error.photo_index].filename}: {error.message}"
+        raise
     pooled = np.stack([a.insight.pooled for a in analyses])
     ranks = patient_rank.standings([a.prediction.probability for a in analyses], pooled)
     return [Lesion(i, upload.filename, analysis, standing)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
+
+import numpy as np
 
 from flask import Flask, current_app
 
@@ -19,6 +21,7 @@ from inference import preprocess, tta
 from webapp import metrics, photo, visuals
 from webapp.admission import InferenceGate
 from inference.classifier import Classifier, Prediction
+from inference.errors import ClientError, InvalidImage
 from inference.decode_sandbox import DecodeSandbox
 from inference.insight import Insight
 from inference.model_spec import DEFAULT_MAX_IMAGE_PIXELS, ModelSpec
@@ -70,12 +73,16 @@ class PredictionService:
         return self.classifier.spec
 
     def readiness(self) -> Readiness:
-        """Ready while the model is warmed up and no prediction has hung in its slot."""
+        """Ready while the model is warmed up, no prediction has hung in its slot and the
+        decoder answers (one that stopped answering is being replaced)."""
         if not self.classifier.warmed_up:
             return Readiness(False, "the model is not warmed up")
         running = self.gate.longest_running()
         if running > self._stuck_after:
             return Readiness(False, f"a prediction has been running for {running:.0f} s")
+        decoder = self._decoder.health()
+        if decoder:
+            return Readiness(False, decoder)
         return Readiness(True, "")
 
     def predict(self, data: bytes, policy: str = tta.DEFAULT_POLICY, *,
@@ -87,27 +94,85 @@ class PredictionService:
         input is wanted, with the photo shown at most `display_side` pixels long.
         """
         views = tta.views_for(policy)
-        model = self.classifier
         with self.gate.admit():
-            started = time.perf_counter()
-            upload = self._decoder.prepare(data, model.spec, self._decode_limits)
-            decoded = time.perf_counter()
-            seen, batch = model.preprocess(upload.image, views)
-            prepared = time.perf_counter()
-            logits, features = model.run_batch(batch)
-            inferred = time.perf_counter()
-            self.gate.record(inferred - started)
-        prediction = model.postprocess(logits, policy, (upload.width, upload.height))
-        insight = model.explain(upload.photo, features, views)
-        drawn = (visuals.render(upload.photo, (upload.width, upload.height), seen,
+            run = self._infer(data, views)
+        return self._finish(run, policy, want_heatmap or want_input_image, display_side)
+
+    def predict_each(self, uploads: Sequence[bytes], policy: str, max_total_pixels: int, *,
+                     display_side: int = photo.DISPLAY_SIDE) -> list[Analysis]:
+        """Several photos admitted as one piece of work, all or none.
+
+        The gate admits the request as as many predictions as it has photos, or refuses it
+        before anything is read. Then the decoder reads every header (the sum of pixels is
+        bounded before any photo is decoded) and each photo runs in turn without giving up
+        the slot, so a queue timeout never throws away work already done. A ClientError
+        carries `photo_index`, the photo it is about.
+        """
+        views = tta.views_for(policy)
+        with self.gate.admit(len(uploads)):
+            total = 0
+            for index, header in enumerate(self._decoder.read_headers(uploads)):
+                if isinstance(header, InvalidImage):
+                    raise _about(header, index)
+                total += header.pixels
+            if total > max_total_pixels:
+                raise ClientError(f"the photos have {total / 1e6:.0f} MP together; the limit "
+                                  f"is {max_total_pixels / 1e6:.0f} MP per request",
+                                  code="images_too_large", status=413)
+            runs = []
+            for index, data in enumerate(uploads):
+                try:
+                    runs.append(self._infer(data, views))
+                except ClientError as error:
+                    raise _about(error, index) from None
+        return [self._finish(run, policy, True, display_side) for run in runs]
+
+    def _infer(self, data: bytes, views: tuple[tta.View, ...]) -> _Run:
+        """The stages that hold an admission slot: decode (sandboxed), preprocess, infer."""
+        model = self.classifier
+        started = time.perf_counter()
+        upload = self._decoder.prepare(data, model.spec, self._decode_limits)
+        decoded = time.perf_counter()
+        seen, batch = model.preprocess(upload.image, views)
+        prepared = time.perf_counter()
+        logits, features = model.run_batch(batch)
+        inferred = time.perf_counter()
+        self.gate.record(inferred - started)
+        return _Run(upload, seen, logits, features, views, (started, decoded, prepared, inferred))
+
+    def _finish(self, run: _Run, policy: str, want_pictures: bool,
+                display_side: int) -> Analysis:
+        """The stages after the slot is given back: merge, explain, draw."""
+        model, upload = self.classifier, run.upload
+        prediction = model.postprocess(run.logits, policy, (upload.width, upload.height))
+        insight = model.explain(upload.photo, run.features, run.views)
+        drawn = (visuals.render(upload.photo, (upload.width, upload.height), run.seen,
                                 insight.grid, model.spec, display_side)
-                 if want_heatmap or want_input_image else None)
+                 if want_pictures else None)
         finished = time.perf_counter()
+        started, decoded, prepared, inferred = run.marks
         timing = {"decode": _ms(started, decoded), "preprocess": _ms(decoded, prepared),
                   "inference": _ms(prepared, inferred), "heatmap": _ms(inferred, finished),
                   "total": _ms(started, finished)}
         metrics.observe_stages(timing)
         return Analysis(prediction, timing, insight, drawn)
+
+
+@dataclass(frozen=True, eq=False)
+class _Run:
+    """One photo's model outputs, between the admitted stages and the explanation."""
+
+    upload: preprocess.ModelView
+    seen: np.ndarray
+    logits: np.ndarray
+    features: np.ndarray
+    views: tuple[tta.View, ...]
+    marks: tuple[float, float, float, float]
+
+
+def _about(error: ClientError, index: int) -> ClientError:
+    error.photo_index = index
+    return error
 
 
 def init_app(app: Flask) -> None:

@@ -39,6 +39,7 @@ def read_image(request: Request) -> bytes:
         raise ClientError(f"send the image as multipart/form-data in a field named {FIELD!r} "
                           f"(got content type {request.mimetype or 'none'!r})",
                           code="unsupported_content_type", status=415)
+    refuse_malformed_parts(request, FIELD)
     uploads = request.files.getlist(FIELD)
     if not uploads:
         others = sorted(request.files)
@@ -51,6 +52,21 @@ def read_image(request: Request) -> bytes:
     # An empty file is refused by preprocess.decode_image, like any other unreadable image.
     data: bytes = uploads[0].stream.read()
     return data
+
+
+def refuse_malformed_parts(request: Request, field: str) -> None:
+    """Refuse a request where a part of the file field arrived as a plain value.
+
+    The multipart parser reads a part whose header it cannot follow (a line break inside
+    its filename, say) as a form value without a file; dropped silently, a patient's photo
+    would go missing from the analysis without a word.
+    """
+    stray = len(request.form.getlist(field))
+    if stray:
+        raise ClientError(f"{stray} part{'s' if stray > 1 else ''} of the field {field!r} "
+                          "arrived without a readable file name (a malformed part header, such "
+                          "as a line break in the filename); nothing was analysed. Rename the "
+                          "file and send it again", code="malformed_part")
 
 
 def read_flag(request: Request, name: str, default: bool) -> bool:

@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from inference import heatmap, tta
 
-from webapp import report, results, wording
+from webapp import ratelimit, report, results, wording
 from webapp.service import current_service
 from webapp.multi_upload import (DEFAULT_MAX_IMAGES, DEFAULT_MAX_TOTAL_PIXELS, read_images,
                                  upload_name)
@@ -58,10 +58,11 @@ def patient() -> str:
 @bp.post("/patient")
 def patient_predict() -> Response:
     policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
-    uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]),
-                          int(current_app.config["MAX_PATIENT_PIXELS"]), min_images=2)
+    uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]), min_images=2)
+    ratelimit.charge(len(uploads))
     service = current_service()
-    lesions = results.patient(uploads, policy, service)
+    lesions = results.patient(uploads, policy, service,
+                              int(current_app.config["MAX_PATIENT_PIXELS"]))
     odd = next((lesion for lesion in lesions if lesion.standing.odd_one_out), None)
     ordered = sorted(lesions, key=lambda lesion: lesion.standing.probability_rank)
     page = render_template("patient_result.html", lesions=ordered, odd=odd,
