@@ -149,9 +149,10 @@ class LiveServer:
         return self.request("GET", path, **kwargs)
 
     def post_api(self, files: Sequence[Upload] = (), fields: Mapping[str, str] = {},
-                 timeout: float = 60.0, source: str | None = None) -> Reply:
+                 timeout: float = 60.0, source: str | None = None,
+                 path: str = "/api/v1/predict") -> Reply:
         body, content_type = multipart(fields, files)
-        return self.request("POST", "/api/v1/predict", body, {"Content-Type": content_type},
+        return self.request("POST", path, body, {"Content-Type": content_type},
                             timeout=timeout, source=source)
 
     def form_session(self) -> FormSession:
@@ -206,11 +207,13 @@ class FormSession:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def post(self, files: Sequence[Upload] = (), fields: Mapping[str, str] | None = None,
-             timeout: float = 60.0, server: LiveServer | None = None) -> Reply:
-        """Submit the form, to the server it came from or to `server` (another host)."""
+             timeout: float = 60.0, server: LiveServer | None = None,
+             path: str = "/predict") -> Reply:
+        """Submit the form (`path`: /predict or /patient), to the server it came from or to
+        `server` (another host)."""
         body, content_type = multipart({"csrf_token": self.token, **(fields or {})}, files)
         return (server or self.server).request(
-            "POST", "/predict", body,
+            "POST", path, body,
             {"Content-Type": content_type, "Cookie": self.cookie, **self.headers},
             timeout=timeout)
 
