@@ -96,13 +96,18 @@ def init_app(app: Flask, gate: InferenceGate, endpoints: frozenset[str]) -> None
     """Refuse predictions while the gate is full before their body is parsed.
 
     On one CPU, parsing dozens of uploads only to refuse them would slow the prediction
-    running and the refusals themselves. The body is still read (and dropped): a server
-    that answers and closes with unread bytes in the socket sends a reset, which can
-    destroy its own answer in flight (nginx then reports 502).
+    running and the refusals themselves. The body is still read and dropped (`drain_body`).
     """
     @app.before_request
     def _refuse_when_full() -> None:
         if request.endpoint in endpoints and gate.full:
-            while request.stream.read(_DRAIN_CHUNK):
-                pass
+            drain_body()
             raise Overloaded(gate.retry_after())
+
+
+def drain_body() -> None:
+    """Read the request's body and drop it, for a refusal answered before the body is
+    parsed: a server that answers and closes with unread bytes in the socket sends a reset,
+    which can destroy its own answer in flight (nginx then reports 502)."""
+    while request.stream.read(_DRAIN_CHUNK):
+        pass

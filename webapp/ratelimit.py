@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, request
 
 from inference.errors import ClientError
 
+from webapp.admission import drain_body
 from webapp.responses import error_response
 
 LIMITED_ENDPOINTS = frozenset({"views.predict", "api.predict", "views.patient_predict",
@@ -58,7 +59,7 @@ class RateLimiter:
 
 
 def init_app(app: Flask) -> None:
-    """Refuse predict requests over the limit with 429 before their body is read."""
+    """Refuse predict requests over the limit with 429 before their body is parsed."""
     per_minute = int(app.config["RATELIMIT_PER_MINUTE"])
     if per_minute <= 0:
         return
@@ -72,6 +73,7 @@ def init_app(app: Flask) -> None:
         wait = limiter.acquire(_client())
         if not wait:
             return None
+        drain_body()
         return _refusal(per_minute, wait)
 
 

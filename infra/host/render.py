@@ -53,9 +53,10 @@ class HostConfig:
     intra_op_threads: int = 1
     # systemd's CacheDirectory=melanoma in the unit; elsewhere (a rehearsal) any writable path.
     model_cache_dir: str = "/var/cache/melanoma"
-    # nginx limits each client on the predict routes; the app only ever sees 127.0.0.1, so a
-    # per-address limit there would be one bucket shared by every visitor. 0 turns it off.
-    app_rate_per_minute: int = 0
+    # nginx limits each client's requests on the predict routes; the app (which reads the
+    # client's address from nginx's X-Forwarded-For, MELANOMA_TRUSTED_PROXIES=1) limits its
+    # photos, so a patient request of six costs six. 0 turns the app's limit off.
+    app_rate_per_minute: int = 30
     predict_rate_per_minute: int = 30
     predict_burst: int = 10
     proxy_read_timeout: int = 75
