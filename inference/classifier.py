@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from inference.runtime import ort
 
-from inference import heatmap, insight, ood, preprocess, tta
+from inference import heatmap, insight, memory, ood, preprocess, tta
 from inference.errors import ModelLoadError
 from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, ModelSpec, SpecError,
                                decode_cam_weights, spec_from_metadata)
@@ -45,9 +45,14 @@ class Classifier:
     """
 
     def __init__(self, model_path: Path, intra_op_threads: int = 1,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, memory_budget_mib: int | None = None) -> None:
         self.model_path = Path(model_path)
         self._session = open_session(self.model_path, intra_op_threads, cache_dir)
+        self._budget_bytes = memory.budget_bytes(memory_budget_mib)
+        self._run_options = memory.shrinking_run_options()
+        views = len(tta.POLICIES[tta.DEFAULT_POLICY])
+        # Until warm-up has measured a view's cost: all views at once, as before chunking.
+        self.chunks = memory.ChunkPlan(views, self._budget_bytes, 0, 0)
         metadata = self._session.get_modelmeta().custom_metadata_map
         try:
             self.spec = spec_from_metadata(metadata)
@@ -68,12 +73,20 @@ class Classifier:
         return self._warmed_up
 
     def warm_up(self) -> None:
-        """Run the largest batch once, and prove the CAM weights belong to this graph."""
+        """Measure what one view costs in memory and plan the chunks views run in; run the
+        largest batch once, and prove the CAM weights belong to this graph."""
         views = len(tta.POLICIES[tta.DEFAULT_POLICY])
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (views, self.spec.input_size, self.spec.input_size, 3),
                               dtype=np.uint8)
-        logits, features = self.run_batch(preprocess.to_model_input(images, self.spec))
+        batch = preprocess.to_model_input(images, self.spec)
+        self._run(batch[:1])  # the first run also sets up kernels: not a view's cost
+        memory.reset_peak()
+        resting = memory.resident_bytes()
+        self._run(batch[:1])
+        per_view = max(0, memory.peak_bytes() - resting)
+        self.chunks = memory.plan_chunks(views, self._budget_bytes, resting, per_view)
+        logits, features = self.run_batch(batch)
         pooled = features.mean(axis=(2, 3)) @ self._cam_weights + self._cam_bias
         if not np.allclose(pooled, logits[:, self.spec.melanoma_column], rtol=1e-3, atol=1e-3):
             raise ModelLoadError(f"{self.model_path}: the CAM weights in the spec do not "
@@ -94,9 +107,19 @@ class Classifier:
         return seen, preprocess.to_model_input(tta.make_batch(seen, views), self.spec)
 
     def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and features for an already preprocessed (N, 3, S, S) batch."""
+        """Logits and features for an already preprocessed (N, 3, S, S) batch, run in chunks
+        of `chunks.views_per_run` views so their activations fit the memory budget."""
+        step = self.chunks.views_per_run
+        if len(batch) <= step:
+            return self._run(batch)
+        parts = [self._run(batch[start:start + step]) for start in range(0, len(batch), step)]
+        return (np.concatenate([logits for logits, _ in parts]),
+                np.concatenate([features for _, features in parts]))
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, features = self._session.run(
-            [self.spec.logits_name, self.spec.features_name], {self.spec.input_name: batch})
+            [self.spec.logits_name, self.spec.features_name], {self.spec.input_name: batch},
+            self._run_options)
         return logits, features
 
     def postprocess(self, logits: np.ndarray, policy: str,

@@ -69,6 +69,8 @@ def test_model_endpoint_returns_the_public_part_of_the_embedded_spec(
     # Everything shown is the spec's own value (precision is derived from its quantization
     # record); what is held back: tests/test_anonymous_clients
     assert body.pop("precision") == "fp32"
+    # Derived at start from the memory budget (inference/memory.py), not from the spec.
+    assert body.pop("memory") == {"views_per_run": 8, "fits_budget": True}
     assert body == {name: spec[name] for name in body}
     assert body["input_size"] == 64 and body["trained"] is True
 

@@ -47,7 +47,10 @@ def model() -> Response:
     spec = current_service().spec
     fields = spec.as_dict()
     public = {name: fields[name] for name in PUBLIC_SPEC_FIELDS if name in fields}
-    return jsonify({**public, **results.precision_block(spec)})
+    chunks = current_service().classifier.chunks
+    # How TTA views run within the memory budget; the budget and sizes stay in the log.
+    memory = {"views_per_run": chunks.views_per_run, "fits_budget": chunks.fits}
+    return jsonify({**public, **results.precision_block(spec), "memory": memory})
 
 
 @bp.get("/openapi.json")

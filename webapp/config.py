@@ -16,6 +16,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": DEFAULT_MAX_IMAGE_PIXELS,
     "INTRA_OP_THREADS": 1,
+    # MiB the whole server may use, which sizes the chunks TTA views run in
+    # (inference/memory.py); 0: 90% of the memory cgroup's limit, unbounded without one.
+    "MEMORY_BUDGET_MB": 0,
     # Where optimised graphs are kept between starts (inference/session.py); None: no cache.
     "MODEL_CACHE_DIR": None,
     # gunicorn's threads follow from these (webapp/capacity.py); set them, not threads.

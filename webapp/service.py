@@ -16,7 +16,7 @@ import numpy as np
 
 from flask import Flask, current_app
 
-from inference import preprocess, tta
+from inference import memory, preprocess, tta
 
 from webapp import metrics, photo, visuals
 from webapp.admission import InferenceGate
@@ -183,8 +183,10 @@ def init_app(app: Flask) -> None:
     decoder.start()
     classifier = Classifier(Path(config["MODEL_PATH"]),
                             intra_op_threads=int(config["INTRA_OP_THREADS"]),
-                            cache_dir=_optional_path(config["MODEL_CACHE_DIR"]))
+                            cache_dir=_optional_path(config["MODEL_CACHE_DIR"]),
+                            memory_budget_mib=int(config["MEMORY_BUDGET_MB"]) or None)
     classifier.warm_up()
+    _log_chunks(app, classifier.chunks)
     gate = InferenceGate(max_running=int(config["MAX_RUNNING"]),
                          max_waiting=int(config["MAX_WAITING"]),
                          wait_timeout=float(config["QUEUE_TIMEOUT"]))
@@ -192,6 +194,16 @@ def init_app(app: Flask) -> None:
         classifier, gate, max_image_pixels=int(config["MAX_IMAGE_PIXELS"]),
         stuck_after_seconds=float(config["STUCK_AFTER_SECONDS"]), decoder=decoder)
     metrics.describe_model(classifier.spec)
+
+
+def _log_chunks(app: Flask, chunks: memory.ChunkPlan) -> None:
+    figures = chunks.as_dict()
+    if chunks.fits:
+        app.logger.info("TTA views run %d at a time within the memory budget: %s",
+                        chunks.views_per_run, figures)
+    else:
+        app.logger.warning("the model does not fit the memory budget even one view at a time "
+                           "(%s): expect the memory limit to be hit", figures)
 
 
 def service_of(app: Flask) -> PredictionService:
