@@ -105,8 +105,18 @@ class ModelSpec:
             raise SpecError("invalid model spec: " + "; ".join(problems))
 
     @property
+    def origin(self) -> str:
+        """Which of three kinds of model this is: an `untrained_demo` (random weights), the
+        `demo_trained_on_drawn_lesions` (training/, synthetic images only), or a
+        `user_model` exported from someone's own checkpoint."""
+        if not self.demo:
+            return "user_model"
+        return "demo_trained_on_drawn_lesions" if self.training_data else "untrained_demo"
+
+    @property
     def trained(self) -> bool:
-        return not self.demo
+        """Whether the weights learned anything (only the untrained demo's did not)."""
+        return self.origin != "untrained_demo"
 
     @property
     def class_count(self) -> int:
@@ -157,6 +167,7 @@ class ModelSpec:
     def to_json(self) -> str:
         data = asdict(self)
         data["trained"] = self.trained
+        data["origin"] = self.origin
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -171,7 +182,8 @@ class ModelSpec:
         if version != SCHEMA_VERSION:
             raise SpecError(f"model spec schema_version {version!r} is not {SCHEMA_VERSION}")
         known = {f.name for f in fields(cls)}
-        data.pop("trained", None)
+        data.pop("trained", None)  # derived, written for readers of the raw metadata
+        data.pop("origin", None)
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"model spec has unknown fields: {', '.join(unknown)}")

@@ -73,6 +73,7 @@ def test_model_endpoint_returns_the_public_part_of_the_embedded_spec(
     assert body.pop("memory") == {"views_per_run": 8, "fits_budget": True}
     assert body == {name: spec[name] for name in body}
     assert body["input_size"] == 64 and body["trained"] is True
+    assert body["origin"] == "user_model"
 
 
 def test_health_and_readiness(client: FlaskClient) -> None:

@@ -144,3 +144,17 @@ def test_spec_and_cam_weights_travel_in_metadata() -> None:
 def test_replace_revalidates() -> None:
     with pytest.raises(SpecError):
         replace(_spec(), threshold=1.5)
+
+
+@pytest.mark.parametrize(("demo", "training_data", "origin", "trained"), [
+    (True, "", "untrained_demo", False),
+    (True, "4,000 drawn dermoscopy images", "demo_trained_on_drawn_lesions", True),
+    (False, "", "user_model", True),
+])
+def test_spec_says_which_of_three_kinds_of_model_it_is(demo: bool, training_data: str,
+                                                       origin: str, trained: bool) -> None:
+    # Before: `trained` was `not demo`, so the demo trained on drawn lesions read as untrained.
+    spec = _spec(demo=demo, training_data=training_data)
+    data = spec.as_dict()
+    assert (data["origin"], data["trained"]) == (origin, trained)
+    assert ModelSpec.from_json(spec.to_json()) == spec

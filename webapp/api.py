@@ -14,8 +14,8 @@ DISCLAIMER = results.DISCLAIMER
 # What an anonymous client needs to read a prediction. File names, paths, tool versions
 # and provenance stay in the export's CLI output and provenance file.
 PUBLIC_SPEC_FIELDS = ("name", "version", "architecture", "input_size", "output_kind",
-                      "melanoma_index", "labels", "threshold", "demo", "trained", "resize",
-                      "interpolation", "color_order", "mean", "std", "schema_version",
+                      "melanoma_index", "labels", "threshold", "demo", "trained", "origin",
+                      "resize", "interpolation", "color_order", "mean", "std", "schema_version",
                       "architecture_library", "architecture_aliases", "checkpoint_weights",
                       "training_data", "held_out", "jpeg_reduced_decode_min_ratio")
 

@@ -61,7 +61,7 @@ def document(base_url: str, max_bytes: int, max_images: int) -> dict[str, Any]:
                 "summary": "The model's spec: preprocessing, threshold, provenance",
                 "responses": {"200": {"description": "The spec embedded in the model",
                                       "content": {"application/json": {
-                                          "schema": {"type": "object"}}}}}}},
+                                          "schema": {"$ref": "#/components/schemas/Model"}}}}}}},
             "/api/v1/openapi.json": {"get": {
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3.1",
@@ -106,7 +106,25 @@ def _schemas() -> dict[str, Any]:
         "disclaimer": {"type": "string"}}}
     error = {"type": "object", "required": ["error", "message"],
              "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
-    return {"Result": result, "Lesion": lesion, "Patient": patient, "Error": error}
+    model = {"type": "object", "required": ["name", "version", "origin", "trained", "demo",
+                                            "threshold", "labels", "input_size"],
+             "properties": {
+                 "origin": {"enum": ["untrained_demo", "demo_trained_on_drawn_lesions",
+                                     "user_model"],
+                            "description": "What the weights are: the demo with random "
+                                           "weights (its scores mean nothing), the demo trained "
+                                           "only on computer-drawn lesions, or a model "
+                                           "exported from someone's own checkpoint"},
+                 "trained": {"type": "boolean",
+                             "description": "false only for the untrained demo"},
+                 "demo": {"type": "boolean", "description": "one of the two demos"},
+                 "threshold": probability, "labels": {"type": "array"},
+                 "input_size": {"type": "integer"}, "name": {"type": "string"},
+                 "version": {"type": "string"},
+                 "memory": {"type": "object", "description": "How many TTA views run at once "
+                            "within the server's memory budget"}}}
+    return {"Result": result, "Lesion": lesion, "Patient": patient, "Error": error,
+            "Model": model}
 
 
 def _error_responses() -> dict[str, Any]:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import PurePosixPath, PureWindowsPath
 
 from inference import tta
+from inference.model_spec import ModelSpec
 
 _POLICY_WORDS = {
     "dihedral": "the photo turned and flipped every way",
@@ -100,13 +101,10 @@ def warning_title(code: str) -> str:
     return _WARNING_TITLES.get(code, code.replace("_", " ").capitalize() + ".")
 
 
-def model_words(spec: object) -> str:
+_ORIGIN_WORDS = {"user_model": "trained", "untrained_demo": "an untrained demo",
+                 "demo_trained_on_drawn_lesions": "a demo trained on drawn lesions"}
+
+
+def model_words(spec: ModelSpec) -> str:
     """The model's identity in one plain phrase."""
-    name, version = getattr(spec, "name", "?"), getattr(spec, "version", "?")
-    if not getattr(spec, "demo", False):
-        state = "trained"
-    elif getattr(spec, "training_data", ""):
-        state = "a demo trained on drawn lesions"
-    else:
-        state = "an untrained demo"
-    return f"{name}, version {version} ({state})"
+    return f"{spec.name}, version {spec.version} ({_ORIGIN_WORDS[spec.origin]})"
