@@ -23,7 +23,7 @@ from webapp.admission import drain_body
 from webapp.responses import error_response
 
 LIMITED_ENDPOINTS = frozenset({"views.predict", "api.predict", "views.patient_predict",
-                               "api.patient"})
+                               "api.patient", "views.example", "views.patient_example"})
 # Enough for every client of a small site; the oldest are forgotten first past this.
 MAX_CLIENTS = 10_000
 

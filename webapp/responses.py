@@ -18,7 +18,8 @@ _FRIENDLY = {
 }
 
 
-_FORMS = {"views.predict": "index.html", "views.patient_predict": "patient.html"}
+_FORMS = {"views.predict": "index.html", "views.patient_predict": "patient.html",
+          "views.example": "index.html", "views.patient_example": "patient.html"}
 
 
 def wants_json() -> bool:

@@ -10,10 +10,10 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from inference import heatmap, tta
 
-from webapp import ratelimit, report, results, wording
+from webapp import examples, ratelimit, report, results, wording
 from webapp.service import current_service
-from webapp.multi_upload import (DEFAULT_MAX_IMAGES, DEFAULT_MAX_TOTAL_PIXELS, read_images,
-                                 upload_name)
+from webapp.multi_upload import (DEFAULT_MAX_IMAGES, DEFAULT_MAX_TOTAL_PIXELS, NamedUpload,
+                                 read_images, upload_name)
 from webapp.uploads import read_image
 
 bp = Blueprint("views", __name__)
@@ -26,9 +26,19 @@ def index() -> str:
 
 @bp.post("/predict")
 def predict() -> Response:
-    policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
     data = read_image(request)
-    filename = wording.display_name(upload_name(request, "image"))
+    return _result_page(data, wording.display_name(upload_name(request, "image")))
+
+
+@bp.post("/example")
+def example() -> Response:
+    """One of the drawn lesions shown on the form, analysed like an upload."""
+    chosen = examples.named(request.form.get("example", ""))
+    return _result_page(chosen.read(), chosen.file)
+
+
+def _result_page(data: bytes, filename: str) -> Response:
+    policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
     service = current_service()
     analysis = service.predict(data, policy, want_heatmap=True)
     spec = service.spec
@@ -57,8 +67,19 @@ def patient() -> str:
 
 @bp.post("/patient")
 def patient_predict() -> Response:
-    policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
     uploads = read_images(request, int(current_app.config["MAX_PATIENT_IMAGES"]), min_images=2)
+    return _patient_page(uploads)
+
+
+@bp.post("/patient/example")
+def patient_example() -> Response:
+    """The drawn lesions, compared as one person's."""
+    drawn = examples.all_examples()[:int(current_app.config["MAX_PATIENT_IMAGES"])]
+    return _patient_page([NamedUpload(example.file, example.read()) for example in drawn])
+
+
+def _patient_page(uploads: list[NamedUpload]) -> Response:
+    policy = request.form.get("tta") or current_app.config["DEFAULT_TTA"]
     ratelimit.charge(len(uploads))
     service = current_service()
     lesions = results.patient(uploads, policy, service,
@@ -87,7 +108,8 @@ def _model_context() -> dict[str, object]:
     return {"spec": current_service().spec, "policies": list(tta.POLICIES),
             "default_policy": current_app.config["DEFAULT_TTA"],
             "max_bytes": int(current_app.config["MAX_CONTENT_LENGTH"]),
-            "max_count": int(current_app.config["MAX_PATIENT_IMAGES"]), "min_count": 2}
+            "max_count": int(current_app.config["MAX_PATIENT_IMAGES"]), "min_count": 2,
+            "examples": examples.all_examples()}
 
 
 @bp.app_template_filter("data_uri")
