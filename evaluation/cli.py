@@ -18,7 +18,8 @@ import numpy as np
 from evaluation import metrics
 from evaluation.dataset import DatasetError, list_images, read_labels
 from evaluation.model_file import write_threshold
-from evaluation.scoring import ScoringError, open_classifier, score_files, write_submission
+from evaluation.scoring import (ScoringError, default_workers, open_classifier,
+                                score_in_parallel, write_submission)
 from inference.classifier import ModelLoadError
 from inference.model_spec import SpecError
 from inference.tta import DEFAULT_POLICY, POLICIES
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="write the picked threshold into the model's embedded spec")
     evaluate.add_argument("--json", type=Path, help="also write the report here as JSON")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument("--workers", type=int, default=default_workers(),
+                          help="processes scoring images, one thread each (default: every "
+                               "core); the scores do not depend on it")
     score = commands.add_parser("score", help="a folder of images to submission.csv")
     score.add_argument("--model", type=Path, required=True, help="the exported .onnx model")
     score.add_argument("--images", type=Path, required=True, help="folder of .jpg/.jpeg/.png")
@@ -57,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--tta", default=DEFAULT_POLICY, choices=sorted(POLICIES),
                        help="TTA policy, as the server's `tta` option")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
+    score.add_argument("--workers", type=int, default=default_workers(),
+                       help="processes scoring images, one thread each (default: every core); "
+                            "the scores do not depend on it")
     return parser
 
 
@@ -74,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     images = list_images(args.images)
-    classifier = open_classifier(args.model)
-    scores = score_files(classifier, images, [args.tta], progress=not args.quiet)
+    spec = open_classifier(args.model).spec  # refuses an unservable model before any work
+    scores = score_in_parallel(args.model, images, [args.tta], args.workers,
+                               progress=not args.quiet)
     write_submission(args.output, scores.names, scores.by_policy[args.tta])
     print(f"wrote {args.output}: {len(images)} images, TTA {args.tta}, "
-          f"model {classifier.spec.display_name}")
+          f"model {spec.display_name}")
     return 0
 
 
@@ -89,9 +97,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise DatasetError(f"{args.labels} has only target={targets[0]}; AUC needs both classes")
     groups = [item.patient_id for item in labelled]
     files = [(item.name, item.path) for item in labelled]
-    classifier = open_classifier(args.model)
-    spec = classifier.spec
-    scores = score_files(classifier, files, ["none", args.tta], progress=not args.quiet)
+    spec = open_classifier(args.model).spec  # refuses an unservable model before any work
+    scores = score_in_parallel(args.model, files, ["none", args.tta], args.workers,
+                               progress=not args.quiet)
     report: dict[str, Any] = {
         "model": str(args.model), "model_name": spec.display_name, "demo": spec.demo,
         "images": len(labelled), "positives": int(targets.sum()),

@@ -193,3 +193,30 @@ def test_scoring_decodes_and_runs_each_image_once_for_every_policy(
         image = preprocess.decode_image(path.read_bytes())
         assert none == pytest.approx(classifier.predict(image, "none").probability, abs=1e-6)
         assert flips == pytest.approx(classifier.predict(image, "flips").probability, abs=1e-6)
+
+
+def test_scoring_in_two_processes_gives_the_same_scores_to_the_last_digit(
+        tiny_onnx_model: Path, labelled_set: tuple[Path, Path]) -> None:
+    from evaluation import scoring
+
+    _, folder = labelled_set
+    files = sorted((path.stem, path) for path in folder.iterdir())
+    assert len(files) > scoring._CHUNK, "more files than one task, so both processes work"
+    one = scoring.score_in_parallel(tiny_onnx_model, files, ["none", "dihedral"], workers=1,
+                                    progress=False)
+    two = scoring.score_in_parallel(tiny_onnx_model, files, ["none", "dihedral"], workers=2,
+                                    progress=False)
+    assert two == one
+    assert two.names == tuple(name for name, _ in files)
+
+
+def test_submission_is_the_same_whatever_the_number_of_workers(
+        tiny_onnx_model: Path, labelled_set: tuple[Path, Path], tmp_path: Path) -> None:
+    _, folder = labelled_set
+    outputs = []
+    for workers in (1, 2):
+        output = tmp_path / f"submission-{workers}.csv"
+        assert main(["score", "--model", str(tiny_onnx_model), "--images", str(folder),
+                     "--output", str(output), "--quiet", "--workers", str(workers)]) == 0
+        outputs.append(output.read_text())
+    assert outputs[0] == outputs[1]
