@@ -236,7 +236,10 @@ def serve(control_fd: int) -> None:
     # every page of them in each child.
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    control.sendall(_READY)
+    try:
+        control.sendall(_READY)
+    except OSError:
+        return  # the worker is gone already (it refused to start, say)
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(control, 16, 1)
