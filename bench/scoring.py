@@ -33,6 +33,13 @@ def measure(model: Path, images: list[tuple[str, Path]], workers: int, policy: s
     return {"workers": workers, "seconds": round(min(times), 2), "scores": scores}
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/default.onnx"),
@@ -49,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         single = measure(args.model, files, 1, args.tta, args.repeats)
         parallel = measure(args.model, files, cores, args.tta, args.repeats)
     same = single.pop("scores") == parallel.pop("scores")
-    result = {"images": len(files), "tta": args.tta, "cpu": platform.processor() or
-              platform.machine(), "cpus": os.cpu_count(), "one_process": single,
+    result = {"images": len(files), "tta": args.tta, "cpu": _cpu_model(),
+              "cpus": os.cpu_count(), "one_process": single,
               "every_core": parallel, "speedup": round(single["seconds"]
                                                       / parallel["seconds"], 2),
               "same_scores": same}
