@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from devtools.load import save_report
+from devtools.procs import children, rss_mib
 from devtools.server import LiveServer, Upload
 from devtools.stack import host_files, serve_stack
 from infra.host.render import SITE_NAME
@@ -152,6 +153,12 @@ def _probe_while(stack: LiveServer, seconds: float, routes: tuple[str, ...]
     return probes
 
 
+def _nginx_worker_rss_mib(stack: LiveServer) -> float:
+    assert stack.nginx_pid is not None
+    (worker,) = children(stack.nginx_pid)
+    return rss_mib(worker)
+
+
 def _upload_caps(tmp_path: Path) -> tuple[int, int]:
     """(uploads in flight per address, uploads in flight in all), as the site ships them."""
     site = host_files(tmp_path)[SITE_NAME].read_text()
@@ -164,9 +171,11 @@ def test_trickled_uploads_from_100_addresses_leave_health_pages_and_others_serve
         stack: LiveServer, tmp_path: Path) -> None:
     assert stack.post_api([Upload("warm.jpg", PHOTO)]).status == 200
     routes = ("/healthz", "/", "/static/style.css", "/api/v1/model", "predict")
+    rss_before = _nginx_worker_rss_mib(stack)
     with _Trickle(stack.client_port, ADDRESSES, PER_ADDRESS) as trickle:
         probes = _probe_while(stack, TRICKLE_S, routes)
         answers, reopened = dict(trickle.answers), trickle.reopened
+        rss_during = _nginx_worker_rss_mib(stack)
     after = _probe(stack, "predict")
     assert stack.nginx_prefix is not None
     error_log = (stack.nginx_prefix / "error.log").read_text(errors="replace")
@@ -177,6 +186,7 @@ def test_trickled_uploads_from_100_addresses_leave_health_pages_and_others_serve
                    for route in routes},
         "probe_max_s": {route: max(s for w, _, s in probes if w == route) for route in routes},
         "prediction_after": after,
+        "nginx_worker_rss_mib": [round(rss_before, 1), round(rss_during, 1)],
         "worker_connections_not_enough": "worker_connections are not enough" in error_log,
     }
     save_report("nginx-trickle", report)
