@@ -8,6 +8,7 @@ import re
 import resource
 import selectors
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -20,11 +21,9 @@ import pytest
 from devtools.load import save_report
 from devtools.procs import children, rss_mib
 from devtools.server import LiveServer, Upload
-from devtools.stack import host_files, serve_stack
-from infra.host.render import SITE_NAME
+from devtools.stack import host_files, nginx_binary, serve_stack
+from infra.host.render import MAIN_NAME, SITE_NAME, HostConfig, RenderError, render_all
 from tests import images
-
-pytestmark = pytest.mark.slow
 
 # The finding: 100 addresses x 8 connections (the per-address limit), a byte every 2 s.
 ADDRESSES, PER_ADDRESS, INTERVAL_S = 100, 8, 2.0
@@ -167,6 +166,31 @@ def _upload_caps(tmp_path: Path) -> tuple[int, int]:
     return int(per_address), int(total)
 
 
+def test_the_main_config_host_and_stack_share_passes_nginx_t_silently(tmp_path: Path) -> None:
+    prefix = tmp_path / "nginx"
+    (prefix / "conf.d").mkdir(parents=True)
+    files = host_files(tmp_path / "etc", nginx_user="", nginx_pid=f"{prefix}/nginx.pid",
+                       nginx_error_log=f"{prefix}/error.log", nginx_temp_dir=str(prefix),
+                       nginx_include=f"{prefix}/conf.d/*.conf", listen="127.0.0.1:8080")
+    (prefix / "conf.d" / "melanoma.conf").write_text(files[SITE_NAME].read_text())
+    check = subprocess.run([nginx_binary(), "-p", str(prefix), "-c", str(files[MAIN_NAME]),
+                            "-e", str(prefix / "error.log"), "-t"],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "[warn]" not in check.stderr, check.stderr
+    main = files[MAIN_NAME].read_text()
+    (slots,) = re.findall(r"worker_connections (\d+);", main)
+    (descriptors,) = re.findall(r"worker_rlimit_nofile (\d+);", main)
+    # Room for the finding's 800 trickled connections and as many more for everyone else;
+    # a descriptor for each slot's client and upstream socket.
+    assert int(slots) >= 2 * ADDRESSES * PER_ADDRESS and int(descriptors) >= 2 * int(slots)
+
+
+def test_render_refuses_an_upload_budget_one_address_could_fill(tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match="upload_memory_mib"):
+        render_all(HostConfig(model_sha256="0" * 64, upload_memory_mib=32), tmp_path)
+
+
+@pytest.mark.slow
 def test_trickled_uploads_from_100_addresses_leave_health_pages_and_others_served(
         stack: LiveServer, tmp_path: Path) -> None:
     assert stack.post_api([Upload("warm.jpg", PHOTO)]).status == 200
@@ -202,6 +226,7 @@ def test_trickled_uploads_from_100_addresses_leave_health_pages_and_others_serve
     assert after[1] == "200", report
 
 
+@pytest.mark.slow
 def test_trickled_uploads_from_a_few_addresses_leave_uploads_served(
         stack: LiveServer, tmp_path: Path) -> None:
     per_address, total = _upload_caps(tmp_path)
