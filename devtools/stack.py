@@ -22,44 +22,28 @@ from typing import Any
 
 from devtools.procs import HOST, MemoryCgroup, free_port, parse_size, wait_for_port
 from devtools.server import REPO, LiveServer, start_server
-from infra.host.render import ENV_NAME, SITE_NAME, UNIT_NAME, HostConfig, render_all
+from infra.host.render import (ENV_NAME, MAIN_NAME, SITE_NAME, UNIT_NAME, HostConfig,
+                               render_all)
 
 CPU = "0"  # the host has one vCPU: gunicorn and nginx share this one
-_NGINX_CONF = """\
-{user}pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-worker_processes 1;
-events {{ worker_connections 768; }}
-http {{
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    sendfile on;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    include {site};
-{load_balancer}}}
-"""
 # Stands for the cloud load balancer: terminates TLS and streams the body on (no buffering,
 # so nothing it does lands in the host's client_body folder).
 _LOAD_BALANCER = """\
-    server {{
-        listen {host}:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        client_max_body_size 0;
-        proxy_request_buffering off;
-        proxy_http_version 1.1;
-        location / {{
-            proxy_pass http://{host}:{site_port};
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto https;
-            proxy_read_timeout 120s;
-        }}
+server {{
+    listen {host}:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    client_max_body_size 0;
+    proxy_request_buffering off;
+    proxy_http_version 1.1;
+    location / {{
+        proxy_pass http://{host}:{site_port};
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto https;
+        proxy_read_timeout 120s;
     }}
+}}
 """
 
 
@@ -72,9 +56,18 @@ def nginx_binary() -> str:
 
 
 def host_files(directory: Path, **host: Any) -> dict[str, Path]:
-    """The unit, env file and nginx site rendered exactly as the host gets them."""
+    """The unit, env file, nginx site and nginx's main config, as the host gets them."""
     config = HostConfig(model_sha256="0" * 64, **host)
-    return render_all(config, directory)
+    return render_all(config, directory, nginx_main=True)
+
+
+def _nginx_paths(prefix: Path) -> dict[str, str]:
+    """Where nginx's main config points, moved into the stack's own folder: everything but
+    the limits. As root the workers would drop to 'nobody', who cannot read a private temp
+    folder; unprivileged, nginx cannot switch user at all."""
+    return {"nginx_user": "root" if os.geteuid() == 0 else "", "nginx_pid": f"{prefix}/nginx.pid",
+            "nginx_error_log": f"{prefix}/error.log", "nginx_temp_dir": str(prefix),
+            "nginx_include": f"{prefix}/conf.d/*.conf"}
 
 
 def unit_settings(unit: Path) -> dict[str, str]:
@@ -106,11 +99,13 @@ def start_stack(model: Path, directory: Path, env: Mapping[str, str] | None = No
     if tls:
         # Behind the balancer, as on the real host: the site trusts its X-Forwarded-* headers.
         overrides.setdefault("trusted_proxy_cidr", f"{HOST}/32")
+    prefix = directory / "nginx"
     files = host_files(directory / "rendered", bind=f"{HOST}:{app_port}",
                        listen=f"{HOST}:{site_port}",
                        static_dir=str(REPO / "webapp" / "static"),
                        access_log=str(directory / "nginx-access.log"),
-                       model_cache_dir=str(directory / "model-cache"), **overrides)
+                       model_cache_dir=str(directory / "model-cache"),
+                       **_nginx_paths(prefix), **overrides)
     unit = unit_settings(files[UNIT_NAME])
     shipped = env_file_settings(files[ENV_NAME])
     shipped.update({key.split(":", 1)[1]: value for key, value in unit.items()
@@ -128,7 +123,7 @@ def start_stack(model: Path, directory: Path, env: Mapping[str, str] | None = No
     server.cleanups.append(cgroup.remove)
     server.cgroup = cgroup
     try:
-        _start_nginx(server, files[SITE_NAME], directory / "nginx", site_port, tls)
+        _start_nginx(server, files, prefix, site_port, tls)
     except BaseException:
         server.stop()
         raise
@@ -146,26 +141,24 @@ def serve_stack(model: Path, directory: Path, env: Mapping[str, str] | None = No
         server.stop()
 
 
-def _start_nginx(server: LiveServer, site: Path, prefix: Path, site_port: int,
-                 tls: bool) -> None:
-    prefix.mkdir(parents=True, exist_ok=True)
+def _start_nginx(server: LiveServer, files: Mapping[str, Path], prefix: Path,
+                 site_port: int, tls: bool) -> None:
+    """nginx with the rendered main config; the site goes into its conf.d, as on the host."""
+    conf_d = prefix / "conf.d"
+    conf_d.mkdir(parents=True, exist_ok=True)
     (prefix / "client_body").mkdir(exist_ok=True)
-    load_balancer = ""
+    shutil.copyfile(files[SITE_NAME], conf_d / "melanoma.conf")
     front_port = site_port
     if tls:
         front_port = free_port()
         cert, key = _self_signed(prefix)
-        load_balancer = _LOAD_BALANCER.format(host=HOST, port=front_port, cert=cert, key=key,
-                                              site_port=site_port)
-    conf = prefix / "nginx.conf"
-    # As root the workers would drop to 'nobody', who cannot read a private temp folder.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf.write_text(_NGINX_CONF.format(user=user, prefix=prefix, site=site,
-                                       load_balancer=load_balancer))
+        (conf_d / "load-balancer.conf").write_text(_LOAD_BALANCER.format(
+            host=HOST, port=front_port, cert=cert, key=key, site_port=site_port))
+    conf = files[MAIN_NAME]
     args = [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
     check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=30)
     if check.returncode != 0:
-        raise AssertionError(f"nginx -t refused the rendered site:\n{check.stderr}")
+        raise AssertionError(f"nginx -t refused the rendered config:\n{check.stderr}")
     process = subprocess.Popen(["taskset", "-c", CPU, *args, "-g", "daemon off;"])
 
     def stop() -> None:

@@ -1,6 +1,7 @@
 """The rendered nginx site in front of the shipped gunicorn: uploads stay in memory, routes
-that take no body refuse one, one address cannot hold every connection or trickle forever,
-/healthz cannot recycle the worker, and the keep-alive outlives the load balancer's."""
+that take no body refuse one, one address cannot hold every connection (many addresses:
+test_nginx_trickle.py), a header cannot trickle forever, /healthz cannot recycle the worker,
+and the keep-alive outlives the load balancer's."""
 from __future__ import annotations
 
 import re
@@ -61,27 +62,37 @@ def test_post_of_70_to_300_kb_to_a_route_taking_no_body_is_refused_not_502(
     assert set(statuses) == {413}, statuses
 
 
-def test_one_address_cannot_hold_every_connection(stack: LiveServer, tmp_path: Path) -> None:
+# (route, what each request declares, zone that refuses, status): a page request's small
+# body and an upload's large one, both trickled, so each request stays in flight.
+_HOLDS = [("/", 500, "melanoma_conn", 429),
+          ("/api/v1/predict", 1_000_000, "melanoma_upload_address", 503)]
+
+
+@pytest.mark.parametrize(("path", "length", "zone", "status"), _HOLDS,
+                         ids=["page", "upload"])
+def test_one_address_cannot_hold_every_connection(stack: LiveServer, tmp_path: Path,
+                                                  path: str, length: int, zone: str,
+                                                  status: int) -> None:
     site = host_files(tmp_path)[SITE_NAME].read_text()
-    (limit,) = re.findall(r"limit_conn melanoma_conn (\d+);", site)
-    attempts = int(limit) + 8
+    limit = min(int(n) for n in re.findall(rf"limit_conn {zone} (\d+);", site))
+    attempts = limit + 8
     held: list[socket.socket] = []
     try:
         refused = 0
         for _ in range(attempts):
             sock = socket.create_connection(("127.0.0.1", stack.client_port), timeout=5)
-            sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                         b"image/jpeg\r\nContent-Length: 1000000\r\n\r\nabc")
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         f"image/jpeg\r\nContent-Length: {length}\r\n\r\nabc".encode())
             held.append(sock)
             time.sleep(0.05)
         for sock in held:
             sock.settimeout(0.3)
             try:
-                refused += sock.recv(200).startswith(b"HTTP/1.1 429")
+                refused += sock.recv(200).startswith(f"HTTP/1.1 {status}".encode())
             except TimeoutError:
                 pass
-        assert refused >= attempts - int(limit), f"{refused} of {attempts} refused"
-        assert 'limiting connections by zone "melanoma_conn"' in _error_log(stack)
+        assert refused == attempts - limit, f"{refused} of {attempts} refused"
+        assert f'limiting connections by zone "{zone}"' in _error_log(stack)
         # Another address is still served at once.
         assert stack.get("/healthz", source="127.0.0.2", timeout=5).status == 200
     finally:

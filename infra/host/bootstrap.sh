@@ -165,7 +165,7 @@ prune_models() {
 render_configs() {
     local rendered sha=$1
     rendered=$(mktemp -d)
-    python3 "$PREFIX/app/infra/host/render.py" --out "$rendered" \
+    python3 "$PREFIX/app/infra/host/render.py" --out "$rendered" --nginx-main \
         --model-sha256 "$sha" --front "$FRONT" \
         --app-dir "$PREFIX/app" --venv-dir "$PREFIX/venv" \
         --model-path "$PREFIX/models/current.onnx" \
@@ -176,7 +176,10 @@ render_configs() {
     install -m 0644 "$rendered/melanoma.service" /etc/systemd/system/melanoma.service
     install -m 0644 "$rendered/melanoma.env" "$CONF_DIR/melanoma.env"
     install -m 0644 "$rendered/melanoma-nginx.conf" /etc/nginx/conf.d/melanoma.conf
-    # Debian's stock site also claims default_server on port 80.
+    # Ours replaces the distribution's main config: its worker and connection limits are sized
+    # for this box (templates/nginx.conf.in), and its stock server would also claim port 80.
+    install -m 0644 "$rendered/nginx.conf" /etc/nginx/nginx.conf
+    # Debian's stock site also claims default_server on port 80 (ours does not include it).
     rm -f /etc/nginx/sites-enabled/default
     rm -rf -- "$rendered"
 }

@@ -1,4 +1,5 @@
-"""Render the host's systemd unit, app environment and nginx site from one set of values.
+"""Render the host's systemd unit, app environment and nginx site (and, on request, nginx's
+main config) from one set of values.
 
 Runs on the host (system python3, standard library only) from bootstrap.sh, and locally
 from the tests, which render into a temporary folder and hand the files to
@@ -19,6 +20,14 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 UNIT_NAME = "melanoma.service"
 ENV_NAME = "melanoma.env"
 SITE_NAME = "melanoma-nginx.conf"
+# nginx's main config (worker and connection limits, which a site cannot set); installed over
+# the distribution's /etc/nginx/nginx.conf, whose default server would also claim port 80.
+MAIN_NAME = "nginx.conf"
+_MAIN_TEMPLATE = "nginx.conf.in"
+_MIB = 1024 * 1024
+# What one connection slot may hold while its header arrives: client_header_buffer_size and
+# the four large_client_header_buffers (nginx's defaults, 1 KB and 4 x 8 KB).
+_HEADER_BYTES = 1024 + 4 * 8 * 1024
 _TEMPLATES = {
     UNIT_NAME: "melanoma.service.in",
     ENV_NAME: "melanoma.env.in",
@@ -68,6 +77,24 @@ class HostConfig:
     memory_high: str = "600M"
     memory_max: str = "750M"
     memory_swap_max: str = "512M"
+    # nginx's main config (MAIN_NAME): Amazon Linux's nginx package and its paths.
+    nginx_user: str = "nginx"
+    nginx_pid: str = "/run/nginx.pid"
+    nginx_error_log: str = "/var/log/nginx/error.log"
+    nginx_temp_dir: str = "/var/lib/nginx/tmp"
+    nginx_include: str = "/etc/nginx/conf.d/*.conf"
+    # Connection slots of nginx's one worker; why so many: templates/nginx.conf.in.
+    worker_connections: int = 2048
+    # Requests in flight per client address on every route (a browser opens about six).
+    requests_per_address: int = 8
+    # nginx holds each upload in memory until gunicorn has answered (never in a temp file),
+    # so the uploads in flight at once are this budget over max_body_bytes: 8 of 16 MiB.
+    # 1 GiB less the app's 750 MiB MemoryMax leaves ~270 MiB for the kernel, sshd/ssm,
+    # the log agents and nginx; 128 MiB of bodies is what nginx can take without swapping.
+    upload_memory_mib: int = 128
+    # Uploads in flight per address: one person uploads one photo (or one patient's) at a
+    # time; a few addresses cannot take every upload slot.
+    uploads_per_address: int = 2
 
     def resolved_static_dir(self) -> str:
         return self.static_dir or f"{self.app_dir}/webapp/static"
@@ -83,6 +110,19 @@ def _values(config: HostConfig) -> dict[str, str]:
     if config.proxy_read_timeout <= config.timeout:
         # nginx giving up first would answer 504 while the worker still runs the request.
         raise RenderError("proxy_read_timeout must exceed the gunicorn timeout")
+    uploads_in_all = config.upload_memory_mib * _MIB // config.max_body_bytes
+    if uploads_in_all < 2 * config.uploads_per_address:
+        raise RenderError(
+            f"upload_memory_mib {config.upload_memory_mib} admits {uploads_in_all} uploads of "
+            f"{config.max_body_bytes} bytes at once; at least two addresses' worth "
+            f"({2 * config.uploads_per_address}) are needed"
+        )
+    if 8 * uploads_in_all > config.worker_connections:
+        # An upload takes two slots (client and gunicorn); most slots stay for the rest.
+        raise RenderError(
+            f"worker_connections {config.worker_connections} must be at least 8 x the "
+            f"{uploads_in_all} uploads nginx admits at once"
+        )
     for field in dataclasses.fields(config):
         value = str(getattr(config, field.name))
         if any(ch in value for ch in "\n;{}") or (value != value.strip()):
@@ -91,6 +131,11 @@ def _values(config: HostConfig) -> dict[str, str]:
             )
     values = {f.name.upper(): str(getattr(config, f.name)) for f in dataclasses.fields(config)}
     values["STATIC_DIR"] = config.resolved_static_dir().rstrip("/")
+    values["UPLOADS_IN_ALL"] = str(uploads_in_all)
+    values["WORKER_RLIMIT_NOFILE"] = str(2 * config.worker_connections + 64)
+    values["HEADER_MEMORY_MIB"] = str(config.worker_connections * _HEADER_BYTES // _MIB)
+    # Only a master started as root can switch user (the stack's nginx may not be root).
+    values["NGINX_USER_LINE"] = f"user {config.nginx_user};\n" if config.nginx_user else ""
     if config.trusted_proxy_cidr:
         # Behind the load balancer the client is the last X-Forwarded-For hop; without this
         # every client would share the balancer's address in the rate limit.
@@ -118,12 +163,14 @@ def render_text(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def render_all(config: HostConfig, out_dir: Path) -> dict[str, Path]:
-    """Write the unit, env file and nginx site into out_dir; return name -> path."""
+def render_all(config: HostConfig, out_dir: Path, nginx_main: bool = False) -> dict[str, Path]:
+    """Write the unit, env file and nginx site into out_dir (and nginx's main config when
+    `nginx_main`); return name -> path."""
     values = _values(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    for name, template_name in _TEMPLATES.items():
+    templates = {**_TEMPLATES, MAIN_NAME: _MAIN_TEMPLATE} if nginx_main else _TEMPLATES
+    for name, template_name in templates.items():
         text = render_text((TEMPLATE_DIR / template_name).read_text(encoding="utf-8"), values)
         path = out_dir / name
         path.write_text(text, encoding="utf-8")
@@ -135,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out", required=True, type=Path, help="folder to write the rendered files into"
+    )
+    parser.add_argument(
+        "--nginx-main",
+        action="store_true",
+        help=f"also write {MAIN_NAME}, nginx's main config (worker and connection limits)",
     )
     for field in dataclasses.fields(HostConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -156,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = HostConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(HostConfig)})
     try:
-        written = render_all(config, args.out)
+        written = render_all(config, args.out, args.nginx_main)
     except RenderError as exc:
         print(f"render: error: {exc}", file=sys.stderr)
         return 2
