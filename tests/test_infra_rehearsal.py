@@ -154,7 +154,12 @@ def test_prediction_goes_through_nginx_end_to_end(host: Host, lesion_jpeg_bytes:
     assert headers.get("server") == "nginx"  # server_tokens off: no version
     payload = json.loads(raw)
     assert 0.0 <= payload["probability"] <= 1.0
-    # The request really passed through nginx, and nginx logged it.
+    # The request really passed through nginx, and nginx logged it (in its log phase, after
+    # the response went out: the line may land a moment after the client has read it).
+    deadline = time.monotonic() + 5
+    while "POST /api/v1/predict" not in host.access_log.read_text() and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "POST /api/v1/predict" in host.access_log.read_text()
 
 
