@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devtools.server import LiveServer, Upload
+from devtools.server import REPO, LiveServer, Upload
 from devtools.stack import host_files, serve_stack
 from infra.host.render import SITE_NAME
 from tests import images
@@ -122,8 +122,20 @@ def test_healthz_floods_do_not_recycle_the_worker(stack: LiveServer) -> None:
 
 def test_keepalive_outlives_the_load_balancers_idle_timeout(tmp_path: Path) -> None:
     site = host_files(tmp_path)[SITE_NAME].read_text()
-    (timeout,) = re.findall(r"keepalive_timeout\s+(\d+)s;", site)
+    server_block = site[site.index("server {"):]
+    (timeout,) = re.findall(r"keepalive_timeout\s+(\d+)s;", server_block)
     assert int(timeout) > ALB_IDLE_TIMEOUT_S
+
+
+def test_nginx_drops_idle_upstream_connections_before_gunicorn_does(tmp_path: Path) -> None:
+    """Else nginx may send a request down a connection gunicorn is closing: a 502, which
+    nginx does not retry for a POST (seen once under the patient-load test)."""
+    site = host_files(tmp_path)[SITE_NAME].read_text()
+    upstream = site[site.index("upstream melanoma_app"):site.index("}", site.index("upstream"))]
+    (nginx_idle,) = re.findall(r"keepalive_timeout\s+(\d+)s;", upstream)
+    (gunicorn_idle,) = re.findall(r"^keepalive = (\d+)$",
+                                  (REPO / "gunicorn.conf.py").read_text(), re.M)
+    assert int(nginx_idle) < int(gunicorn_idle)
 
 
 def test_malformed_chunked_body_straight_to_gunicorn_is_not_a_500(stack: LiveServer) -> None:
