@@ -147,3 +147,17 @@ def test_malformed_chunked_body_straight_to_gunicorn_is_not_a_500(stack: LiveSer
                          + body)
             status = sock.recv(100).split(b" ", 2)[1]
         assert not status.startswith(b"5"), (body, status)
+
+
+def test_the_drawn_examples_share_the_predictions_rate_limit(stack: LiveServer) -> None:
+    """An example is a whole prediction for a tiny form body: nginx limits it like one."""
+    source = "127.0.5.1"
+    session = stack.form_session()
+    statuses = []
+    for _ in range(14):
+        body = f"csrf_token={session.token}&example=drawn-benign-looking-1.jpg&tta=none"
+        reply = stack.request("POST", "/example", body.encode(),
+                              {"Content-Type": "application/x-www-form-urlencoded",
+                               "Cookie": session.cookie}, source=source)
+        statuses.append(reply.status)
+    assert statuses[0] == 200 and 429 in statuses, statuses
