@@ -68,3 +68,17 @@ def clear_truth_cases(seed: int) -> tuple[np.ndarray, np.ndarray]:
     melanoma = next(r for r in records if r.melanoma and r.atypia > 0.7)
     naevus = next(r for r in records if not r.melanoma and r.atypia < 0.15)
     return render_record(melanoma, 256)[0], render_record(naevus, 256)[0]
+
+
+def truth_cases(seed: int, count: int, size: int = 256
+                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`count` clearly atypical melanomas and `count` clearly banal naevi of a drawn plan
+    (RGB), chosen by the generator's truth, not by any model's answer."""
+    from training.synthetic import plan_dataset, render_record
+
+    records = plan_dataset(max(400, 10 * count), seed, 0.3, label_noise=0.0)
+    melanomas = [r for r in records if r.melanoma and r.atypia > 0.7][:count]
+    naevi = [r for r in records if not r.melanoma and r.atypia < 0.15][:count]
+    assert len(melanomas) == len(naevi) == count, "the plan holds too few clear cases"
+    return ([render_record(r, size)[0] for r in melanomas],
+            [render_record(r, size)[0] for r in naevi])
