@@ -25,14 +25,21 @@ test: system-packages setup browser-tools
 serve-setup: $(VENV)/.installed-serve
 setup: $(VENV)/.installed
 
-$(VENV)/.installed-serve: requirements.txt requirements-export.txt requirements-train.txt
+# The groups of pyproject.toml, from their requirements files (the pins are written there).
+SERVE_REQUIREMENTS := -r requirements.txt -r requirements-export.txt -r requirements-train.txt
+DEV_REQUIREMENTS := -r requirements-infra.txt -r requirements-bench.txt \
+	-r requirements-security.txt -r requirements-dev.txt
+
+$(VENV)/.installed-serve: pyproject.toml requirements.txt requirements-export.txt requirements-train.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -r requirements-train.txt
+	$(PY) -m pip install --quiet --no-compile $(SERVE_REQUIREMENTS)
+	# The project itself, editable: the console scripts (melanoma-serve, -export, -evaluate).
+	$(PY) -m pip install --quiet --no-compile --no-deps -e .
 	touch $@
 
 $(VENV)/.installed: requirements*.txt $(VENV)/.installed-serve
-	$(PY) -m pip install --quiet --no-compile -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-compile $(SERVE_REQUIREMENTS) $(DEV_REQUIREMENTS)
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 
