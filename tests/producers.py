@@ -46,8 +46,8 @@ def export(checkpoint: Path, output: Path, *args: str) -> ModelSpec:
 def max_probability_gap(model: Path, network: torch.nn.Module, size: int) -> float:
     """Largest |Δ melanoma probability| between the export and the producer's network.
 
-    With PARITY_LOG set, each measurement is appended there as a JSON line (the README's
-    "Bring your own checkpoint" table comes from such a run).
+    With PARITY_LOG set, each measurement is appended there as a JSON line (the table in
+    docs/export.md comes from such a run).
     """
     images = random_images(size)
     spec = read_spec_file(model)
