@@ -56,3 +56,22 @@ def test_model_words_say_whether_a_demo_learned_anything(demo: bool, training_da
                      output_kind="sigmoid", melanoma_index=0, checkpoint_sha256="",
                      demo=demo, training_data=training_data, name="demo-synthetic")
     assert wording.model_words(spec) == f"demo-synthetic, version {spec.version} ({state})"
+
+
+def _spec(demo: bool, training_data: str) -> object:
+    from inference.model_spec import ModelSpec
+
+    return ModelSpec(architecture="resnest50_fast_4s1x64d", input_size=128,
+                     output_kind="sigmoid", melanoma_index=0, checkpoint_sha256="",
+                     demo=demo, training_data=training_data)
+
+
+def test_the_trained_demos_page_says_what_its_number_is() -> None:
+    spec = _spec(True, "4000 synthetic (computer-drawn) dermoscopy images, 10% melanoma")
+    assert ("calibrated on drawn lesions the model did not learn from (10% of them "
+            "melanomas)") in wording.number_meaning(spec)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("demo", [True, False])
+def test_no_meaning_is_claimed_without_a_record(demo: bool) -> None:
+    assert wording.number_meaning(_spec(demo, "")) == ""  # type: ignore[arg-type]

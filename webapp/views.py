@@ -146,6 +146,7 @@ bp.add_app_template_filter(wording.policy_label, "policy_label")
 bp.add_app_template_filter(wording.view_words, "view_words")
 bp.add_app_template_filter(wording.warning_title, "warning_title")
 bp.add_app_template_filter(wording.model_words, "model_words")
+bp.add_app_template_filter(wording.number_meaning, "number_meaning")
 bp.add_app_template_filter(
     lambda probabilities, policy: wording.agreement(probabilities, policy), "agreement")
 bp.add_app_template_filter(

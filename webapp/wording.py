@@ -108,3 +108,19 @@ _ORIGIN_WORDS = {"user_model": "trained", "untrained_demo": "an untrained demo",
 def model_words(spec: ModelSpec) -> str:
     """The model's identity in one plain phrase."""
     return f"{spec.name}, version {spec.version} ({_ORIGIN_WORDS[spec.origin]})"
+
+
+def number_meaning(spec: ModelSpec) -> str:
+    """What the probability means, where the model's own record says; '' where it does not.
+
+    The trained demo's scores are Platt-calibrated on its held-out drawn lesions
+    (training/module.py), so among drawn lesions that score p, about a share p are drawn
+    melanomas. A user's model carries no such record: nothing is claimed for it.
+    """
+    if spec.origin != "demo_trained_on_drawn_lesions":
+        return ""
+    share = re.search(r"(\d+(?:\.\d+)?)% melanoma", spec.training_data)
+    mix = f" ({share.group(1)}% of them melanomas)" if share else ""
+    return ("What this number is: a probability calibrated on drawn lesions the model did "
+            f"not learn from{mix}. Among drawn lesions that score like this one, about this "
+            "share were drawn as melanomas.")
