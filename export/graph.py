@@ -46,7 +46,13 @@ def classifier_of(network: torch.nn.Module) -> torch.nn.Module:
 
 def export_graph(network: torch.nn.Module, input_size: int, destination: Path) -> None:
     """Write the ONNX graph (no metadata yet) with a dynamic batch axis."""
-    wrapped = LogitsAndFeatures(network).eval()
+    export_module(LogitsAndFeatures(network).eval(), input_size, destination,
+                  (LOGITS_NAME, FEATURES_NAME))
+
+
+def export_module(module: torch.nn.Module, input_size: int, destination: Path,
+                  output_names: tuple[str, ...]) -> None:
+    """Trace `module` (one image batch in, `output_names` out) with a dynamic batch axis."""
     example = torch.zeros(2, 3, input_size, input_size)
     batch = {0: "batch"}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -54,7 +60,7 @@ def export_graph(network: torch.nn.Module, input_size: int, destination: Path) -
         # here, writes a single self-contained file and gives identical numbers.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapped, (example,), str(destination), dynamo=False, opset_version=OPSET,
-            input_names=[INPUT_NAME], output_names=[LOGITS_NAME, FEATURES_NAME],
-            dynamic_axes={INPUT_NAME: batch, LOGITS_NAME: batch, FEATURES_NAME: batch},
+            module, (example,), str(destination), dynamo=False, opset_version=OPSET,
+            input_names=[INPUT_NAME], output_names=list(output_names),
+            dynamic_axes={name: batch for name in (INPUT_NAME, *output_names)},
             do_constant_folding=True)

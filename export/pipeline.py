@@ -61,7 +61,7 @@ class ExportResult:
 def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models")) -> ExportResult:
     """Load, build strictly, export, verify, embed the spec, and only then publish the file."""
     output = request.output or models_dir / f"{request.checkpoint.stem}.onnx"
-    _check_writable(output.parent)
+    check_writable(output.parent)
     loaded = load_checkpoint(request.checkpoint, request.allow_unsafe_pickle, request.prefer_ema)
     settings = resolve(_flags(request), loaded.hyper_parameters)
     built = _build(settings["architecture"], loaded)
@@ -69,7 +69,7 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
 
     size = settings["input_size"].value
     check_cam_head(built, size)
-    partial = _temporary_path(output)
+    partial = temporary_path(output)
     try:
         graph.export_graph(network, size, partial)
         parity = verify.measure_parity(network, partial.read_bytes(), size, head.output_kind,
@@ -88,7 +88,7 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
             features_name=graph.FEATURES_NAME,
             checkpoint_sha256=loaded.sha256, checkpoint_name=request.checkpoint.name,
             checkpoint_format=loaded.format, demo=request.demo,
-            tool_versions=_tool_versions(), parity=parity.as_dict(),
+            tool_versions=tool_versions(), parity=parity.as_dict(),
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             provenance=request.provenance or (
                 "demo: seeded random initialisation, NOT trained" if request.demo
@@ -98,14 +98,14 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
         embed_metadata(partial, {SPEC_METADATA_KEY: spec.to_json(),
                          CAM_WEIGHTS_METADATA_KEY: encode_cam_weights(fc_weight, fc_bias)})
         verify.check_graph(partial)
-        _check_round_trip(partial, spec)
+        check_round_trip(partial, spec)
         os.chmod(partial, 0o644)  # mkstemp makes it private; the service user must read it
         os.replace(partial, output)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     onnx_sha = sha256_of(output)
-    _write_provenance(output, spec, onnx_sha)
+    write_provenance(output, spec, onnx_sha)
     sources = {name: value.source for name, value in settings.items()}
     sources["architecture"] = settings["architecture"].source if (
         settings["architecture"].value == arch.name) else "detected from the state_dict"
@@ -132,7 +132,7 @@ def _weights_source(weights: str) -> str:
             "raw": "the raw ones (the EMA copy was declined)"}.get(weights, "the only set")
 
 
-def _check_writable(directory: Path) -> None:
+def check_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -141,7 +141,7 @@ def _check_writable(directory: Path) -> None:
         raise ExportError(f"output directory {directory} is not writable")
 
 
-def _temporary_path(output: Path) -> Path:
+def temporary_path(output: Path) -> Path:
     # Same directory as the target so the final rename is atomic.
     handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial",
                                     dir=output.parent)
@@ -159,13 +159,13 @@ def embed_metadata(path: Path, props: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-def _check_round_trip(path: Path, spec: ModelSpec) -> None:
+def check_round_trip(path: Path, spec: ModelSpec) -> None:
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     if ModelSpec.from_json(props[SPEC_METADATA_KEY]) != spec:
         raise ExportError("the spec read back from the written model differs from the one written")
 
 
-def _tool_versions() -> dict[str, str]:
+def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for package in ("onnx", "onnxruntime", "resnest", "timm", "safetensors", "numpy"):
         try:
@@ -175,7 +175,7 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def _write_provenance(output: Path, spec: ModelSpec, onnx_sha: str) -> None:
+def write_provenance(output: Path, spec: ModelSpec, onnx_sha: str) -> None:
     record = {"model": output.name, "onnx_sha256": onnx_sha, "spec": spec.as_dict()}
     provenance = output.with_name(output.name + ".provenance.json")
     provenance.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

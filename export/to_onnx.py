@@ -1,6 +1,8 @@
-"""Command line: export a ResNeSt checkpoint to a verified ONNX model with its spec embedded.
+"""Command line: export a checkpoint (or several, as one ensemble) to a verified ONNX model
+with its spec embedded.
 
     python export/to_onnx.py path/to/model.ckpt [--output models/x.onnx] [options]
+    python export/to_onnx.py fold0.ckpt fold1.ckpt ... [--weights w0 w1 ...]   # an ensemble
     python export/to_onnx.py CKPT --int8 --calibration-images DIR   # also models/x.int8.onnx
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from export import int8  # noqa: E402
+from export.ensemble import EnsembleRequest, export_ensemble  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, ExportResult, export_checkpoint  # noqa: E402
 from inference.model_spec import (COLOR_ORDERS, DEFAULT_LABELS, INTERPOLATIONS,  # noqa: E402
@@ -29,15 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="to_onnx.py", description=__doc__.splitlines()[0],
         epilog="Unset options come from the checkpoint's hyper_parameters, else the defaults "
                "(128 px, resize, RGB, ImageNet mean/std, threshold 0.5).")
-    parser.add_argument("checkpoint", type=Path,
+    parser.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
                         help="Lightning .ckpt, timm checkpoint, plain state_dict (.pt/.pth), "
-                             ".safetensors, or a dict holding one")
+                             ".safetensors, or a dict holding one; several make one ensemble "
+                             "whose probabilities are averaged")
+    parser.add_argument("--weights", type=float, nargs="+", metavar="W",
+                        help="ensemble only: each checkpoint's weight in the average "
+                             "(normalised to sum 1; default equal)")
     parser.add_argument("-o", "--output", type=Path,
                         help="where to write the .onnx (default: models/<checkpoint stem>.onnx)")
-    parser.add_argument("--arch",
+    parser.add_argument("--arch", nargs="+",
                         help="network architecture as its library names it, e.g. resnest50d "
-                             "(timm) or resnest50 (resnest package); default: detected")
-    parser.add_argument("--input-size", type=int, help="square input side in pixels")
+                             "(timm) or resnest50 (resnest package); default: detected. For an "
+                             "ensemble: one for all members or one per checkpoint")
+    parser.add_argument("--input-size", type=int, nargs="+",
+                        help="square input side in pixels (ensemble: one or one per checkpoint)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES,
                         help="how the server fits an image to the input size")
     parser.add_argument("--interpolation", choices=INTERPOLATIONS,
@@ -76,12 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_from_args(args: argparse.Namespace) -> ExportRequest:
     return ExportRequest(
-        checkpoint=args.checkpoint, output=args.output, architecture=args.arch,
-        input_size=args.input_size, resize=args.resize, interpolation=args.interpolation,
-        color_order=args.color_order,
+        checkpoint=args.checkpoints[0], output=args.output,
+        architecture=args.arch[0] if args.arch else None,
+        input_size=args.input_size[0] if args.input_size else None, resize=args.resize,
+        interpolation=args.interpolation, color_order=args.color_order,
         mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
         threshold=args.threshold, labels=tuple(args.labels), name=args.name,
         version=args.model_version, demo=args.demo, tolerance=args.tolerance,
+        allow_unsafe_pickle=args.allow_unsafe_pickle, prefer_ema=args.prefer_ema)
+
+
+def ensemble_request_from_args(args: argparse.Namespace) -> EnsembleRequest:
+    return EnsembleRequest(
+        checkpoints=tuple(args.checkpoints), output=args.output,
+        weights=tuple(args.weights) if args.weights else None,
+        architectures=tuple(args.arch) if args.arch else (None,),
+        input_sizes=tuple(args.input_size) if args.input_size else (None,),
+        resize=args.resize, interpolation=args.interpolation, color_order=args.color_order,
+        mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+        threshold=args.threshold, labels=tuple(args.labels), name=args.name,
+        version=args.model_version, tolerance=args.tolerance,
         allow_unsafe_pickle=args.allow_unsafe_pickle, prefer_ema=args.prefer_ema)
 
 
@@ -102,6 +125,11 @@ def report(result: ExportResult) -> str:
 
 def _architecture(result: ExportResult) -> str:
     spec = result.spec
+    if spec.members:
+        return spec.architecture_label + "; members: " + "; ".join(
+            f"{m['checkpoint_name']} ({m['architecture']}, {m['input_size']} px, weight "
+            f"{m['weight']:.3f}, {m['weights']} weights, max |Δ probability| "
+            f"{m['parity']['max_abs_diff_probability']:.1e})" for m in spec.members)
     same = f" (same network as {', '.join(spec.architecture_aliases)})" \
         if spec.architecture_aliases else ""
     return f"{spec.architecture_library} {spec.architecture}{same}; weights: " \
@@ -113,8 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.int8 and args.calibration_images is None:
         parser.error("--int8 needs --calibration-images DIR")
+    ensemble = len(args.checkpoints) > 1
+    if not ensemble and (args.weights or len(args.arch or ()) > 1
+                         or len(args.input_size or ()) > 1):
+        parser.error("--weights and several --arch or --input-size values need several "
+                     "checkpoints (an ensemble)")
+    if ensemble and args.demo:
+        parser.error("--demo marks the single demo model, not an ensemble")
     try:
-        result = export_checkpoint(request_from_args(args))
+        result = export_ensemble(ensemble_request_from_args(args)) if ensemble \
+            else export_checkpoint(request_from_args(args))
         if args.reference_images is not None:
             from export.reference import embed_from_folder
 

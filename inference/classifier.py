@@ -12,7 +12,8 @@ from inference.runtime import ort
 
 from inference import heatmap, insight, memory, ood, preprocess, tta
 from inference.errors import ModelLoadError
-from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, ModelSpec, SpecError,
+from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, MEMBER_LOGITS_NAME, ModelSpec,
+                                  SpecError,
                                decode_cam_weights, spec_from_metadata)
 from inference.session import open_session
 
@@ -88,10 +89,28 @@ class Classifier:
         self.chunks = memory.plan_chunks(views, self._budget_bytes, resting, per_view)
         logits, features = self.run_batch(batch)
         pooled = features.mean(axis=(2, 3)) @ self._cam_weights + self._cam_bias
-        if not np.allclose(pooled, logits[:, self.spec.melanoma_column], rtol=1e-3, atol=1e-3):
+        if not np.allclose(pooled, self._pooled_logits(batch, logits), rtol=1e-3, atol=1e-3):
             raise ModelLoadError(f"{self.model_path}: the CAM weights in the spec do not "
                                  "reproduce the graph's logits; the file was altered")
         self._warmed_up = True
+
+    def _pooled_logits(self, batch: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """What the CAM weights applied to the pooled features must give: the melanoma logit,
+        or for an ensemble the weighted mean of its members' log-odds (whose probabilities,
+        averaged the same way, must be the graph's answer)."""
+        if not self.spec.members:
+            return logits[:, self.spec.melanoma_column]
+        step = self.chunks.views_per_run
+        members = np.concatenate([
+            self._session.run([MEMBER_LOGITS_NAME], {self.spec.input_name: batch[i:i + step]},
+                              self._run_options)[0] for i in range(0, len(batch), step)])
+        weights = self.spec.member_weights
+        averaged = (1.0 / (1.0 + np.exp(-members.astype(np.float64)))) @ weights
+        if not np.allclose(averaged, self.probabilities(logits), rtol=0, atol=1e-5):
+            raise ModelLoadError(f"{self.model_path}: the graph's answer is not the weighted "
+                                 "mean of its members' probabilities; the file was altered")
+        pooled_logits: np.ndarray = members @ weights
+        return pooled_logits
 
     def predict(self, image: np.ndarray, policy: str = tta.DEFAULT_POLICY) -> Prediction:
         """Every stage but the explanation, for one decoded RGB image (H, W, 3)."""
@@ -170,6 +189,10 @@ def _check_graph_matches_spec(session: ort.InferenceSession, spec: ModelSpec,
     if features is None or len(features) != 4 or features[1] != spec.feature_channels:
         problems.append(f"output {spec.features_name!r} is {features}, spec says "
                         f"{spec.feature_channels} channels")
+    members = outputs.get(MEMBER_LOGITS_NAME)
+    if spec.members and (members is None or members[-1] != len(spec.members)):
+        problems.append(f"output {MEMBER_LOGITS_NAME!r} is {members}, spec says "
+                        f"{len(spec.members)} members")
     if cam_weights.shape != (spec.feature_channels,):
         problems.append(f"CAM weights have {cam_weights.shape[0]} values, spec says "
                         f"{spec.feature_channels}")

@@ -36,6 +36,8 @@ MAX_INPUT_SIZE = 2048
 INPUT_NAME = "image"
 LOGITS_NAME = "logits"
 FEATURES_NAME = "features"
+# Ensembles only: each member's melanoma log-odds, (N, members), for the load-time check.
+MEMBER_LOGITS_NAME = "member_logits"
 DEFAULT_LABELS: tuple[str, str] = ("benign", "melanoma")
 # Uploads larger than this are refused from their header, before any pixel is decoded.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
@@ -98,6 +100,9 @@ class ModelSpec:
     # and metrics on held-out patients (auc, images, patients, ...). Empty when unknown.
     training_data: str = ""
     held_out: Mapping[str, float] = field(default_factory=dict)
+    # A fold ensemble (export/ensemble.py): one record per member (architecture, checkpoint,
+    # weights, input size, weight in the average, parity); empty for a single model.
+    members: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -155,8 +160,18 @@ class ModelSpec:
         return summary
 
     @property
+    def member_weights(self) -> np.ndarray:
+        """Each ensemble member's share of the averaged probability (empty for one model)."""
+        return np.asarray([float(m["weight"]) for m in self.members], dtype=np.float64)
+
+    @property
     def architecture_label(self) -> str:
-        """The architecture as its own library names it, e.g. `resnest50d (timm)`."""
+        """The architecture as its own library names it, e.g. `resnest50d (timm)`, or what an
+        ensemble is made of, e.g. `ensemble of 5 models: resnest50d x5`."""
+        if self.members:
+            names = [str(m["architecture"]) for m in self.members]
+            kinds = ", ".join(f"{name} x{names.count(name)}" for name in dict.fromkeys(names))
+            return f"{self.architecture}: {kinds}"
         library = f" ({self.architecture_library})" if self.architecture_library else ""
         return self.architecture + library
 
@@ -187,7 +202,7 @@ class ModelSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"model spec has unknown fields: {', '.join(unknown)}")
-        for name in ("mean", "std", "labels", "architecture_aliases"):
+        for name in ("mean", "std", "labels", "architecture_aliases", "members"):
             if isinstance(data.get(name), list):
                 data[name] = tuple(data[name])
         try:
@@ -228,7 +243,21 @@ def _problems(spec: ModelSpec) -> list[str]:
         problems.append("quantization needs its measured fidelity")
     if spec.output_kind in OUTPUT_KINDS and not 0 <= spec.melanoma_index < spec.class_count:
         problems.append(f"melanoma_index {spec.melanoma_index} invalid for {spec.output_kind}")
-    return problems
+    return problems + _member_problems(spec.members)
+
+
+def _member_problems(members: tuple[Mapping[str, Any], ...]) -> list[str]:
+    if not members:
+        return []
+    if len(members) < 2:
+        return ["an ensemble needs at least two members"]
+    try:
+        weights = [float(m["weight"]) for m in members]
+    except (KeyError, TypeError, ValueError):
+        return ["every ensemble member needs a numeric weight"]
+    if any(w <= 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+        return [f"ensemble weights {weights} must be positive and sum to 1"]
+    return []
 
 
 def class_count(output_kind: OutputKind) -> int:

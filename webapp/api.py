@@ -18,6 +18,9 @@ PUBLIC_SPEC_FIELDS = ("name", "version", "architecture", "input_size", "output_k
                       "resize", "interpolation", "color_order", "mean", "std", "schema_version",
                       "architecture_library", "architecture_aliases", "checkpoint_weights",
                       "training_data", "held_out", "jpeg_reduced_decode_min_ratio")
+# What an ensemble's members may say publicly: no checkpoint file names.
+PUBLIC_MEMBER_FIELDS = ("architecture", "architecture_library", "input_size", "weight",
+                        "weights", "output_kind")
 
 
 
@@ -50,7 +53,9 @@ def model() -> Response:
     chunks = current_service().classifier.chunks
     # How TTA views run within the memory budget; the budget and sizes stay in the log.
     memory = {"views_per_run": chunks.views_per_run, "fits_budget": chunks.fits}
-    return jsonify({**public, **results.precision_block(spec), "memory": memory})
+    members = [{name: member[name] for name in PUBLIC_MEMBER_FIELDS} for member in spec.members]
+    return jsonify({**public, **results.precision_block(spec), "memory": memory,
+                    "ensemble_size": len(members) or 1, "members": members})
 
 
 @bp.get("/openapi.json")

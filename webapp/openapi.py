@@ -122,7 +122,12 @@ def _schemas() -> dict[str, Any]:
                  "input_size": {"type": "integer"}, "name": {"type": "string"},
                  "version": {"type": "string"},
                  "memory": {"type": "object", "description": "How many TTA views run at once "
-                            "within the server's memory budget"}}}
+                            "within the server's memory budget"},
+                 "ensemble_size": {"type": "integer", "description": "1 for one network; N "
+                                   "for an ensemble whose N members' probabilities are "
+                                   "averaged (weighted)"},
+                 "members": {"type": "array", "description": "An ensemble's members: "
+                             "architecture, input size, weight in the average"}}}
     return {"Result": result, "Lesion": lesion, "Patient": patient, "Error": error,
             "Model": model}
 
