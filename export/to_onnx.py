@@ -19,7 +19,7 @@ if __package__ in (None, ""):
     # Run as a script (`python export/to_onnx.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from export import int8  # noqa: E402
+from export import cost, int8  # noqa: E402
 from export.ensemble import EnsembleRequest, export_ensemble  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, ExportResult, export_checkpoint  # noqa: E402
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "code from the file, trusted files only")
     parser.add_argument("--no-ema", dest="prefer_ema", action="store_false",
                         help="export the raw weights even when the checkpoint has an EMA copy")
+    parser.add_argument("--no-measure-cost", dest="measure_cost", action="store_false",
+                        help="skip measuring the model's peak memory and latency on this "
+                             "machine (recorded in the spec; deploy checks them against the "
+                             "instance's memory)")
     parser.add_argument("--int8", action="store_true",
                         help="also write a calibrated static INT8 model beside the fp32 one "
                              "(needs --calibration-images; refused if fidelity misses limits)")
@@ -157,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             reference = embed_from_folder(result.output, args.reference_images)
             print(f"recorded out-of-distribution statistics of {reference.images} reference "
                   "images")
+        if args.measure_cost:
+            print(cost.describe(cost.record(result.output)))
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

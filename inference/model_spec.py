@@ -103,6 +103,9 @@ class ModelSpec:
     # A fold ensemble (export/ensemble.py): one record per member (architecture, checkpoint,
     # weights, input size, weight in the average, parity); empty for a single model.
     members: tuple[Mapping[str, Any], ...] = ()
+    # What serving it cost where it was exported (export/cost.py): peak and resting memory,
+    # one view's activations, each TTA policy's latency, the CPU. Empty when not measured.
+    measured_cost: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = _problems(self)

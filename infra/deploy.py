@@ -195,6 +195,8 @@ def cmd_deploy(args: argparse.Namespace, session: Any) -> int:
     previous = stack.parameters(existing) if existing else {}
     params = _given(args)
     instance_type = params.get("InstanceType") or previous.get("InstanceType") or "t3.micro"
+    if not model_fits(args, instance_type):
+        return EXIT_STOPPED
     machine = wheelhouse.machine_for(instance_type)
     # Network, AMI and prefix list are looked up once and then kept (UsePreviousValue):
     # a later deploy never moves the stack to another VPC or image by itself.
@@ -234,6 +236,17 @@ def cmd_deploy(args: argparse.Namespace, session: Any) -> int:
     print(f"stack {args.stack_name}: {result}")
     _print_outputs(stack.describe(cfn, args.stack_name) or {})
     return 0
+
+
+def model_fits(args: argparse.Namespace, instance_type: str) -> bool:
+    """Say whether the model fits the instance's memory; stop before uploading unless --yes."""
+    verdict = model_check.check_fit(args.model, instance_type)
+    print(f"memory: {verdict.sentence()}")
+    if verdict.fits or args.yes:
+        return True
+    print(f"deploy: stopped before uploading: {args.model.name} would be killed for memory "
+          f"on {instance_type}. Rerun with --yes to deploy it anyway.", file=sys.stderr)
+    return False
 
 
 def cmd_update_ami(args: argparse.Namespace, session: Any) -> int:
@@ -295,6 +308,8 @@ def cmd_update_model(args: argparse.Namespace, session: Any) -> int:
     previous = stack.parameters(found)
     model = artifacts.model_artifact(args.model, args.stack_name)
     print(f"model {args.model.name}: {model_check.validate_model(args.model)} loads and warms up")
+    if not model_fits(args, previous.get("InstanceType", "t3.micro")):
+        return EXIT_STOPPED
     account, bucket = _account(session), previous["ArtifactBucket"]
     artifacts.upload(s3, bucket, model, account)
     params = {"ModelKey": model.key, "ModelSha256": model.sha256}
@@ -376,7 +391,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     changes = argparse.ArgumentParser(add_help=False)
     changes.add_argument(
-        "--yes", action="store_true", help="go ahead when the change set replaces a resource"
+        "--yes",
+        action="store_true",
+        help="go ahead when the change set replaces a resource, or when the model's measured "
+        "peak memory does not fit the instance",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from infra import fit
 from infra.artifacts import ArtifactError
+from infra.fit import Fit
 
 # Set before onnxruntime is imported anywhere in this process.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -28,3 +30,17 @@ def validate_model(path: Path) -> str:
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise ArtifactError(f"onnxruntime cannot load {path.name}: {exc}") from None
     return classifier.spec.display_name
+
+
+def check_fit(path: Path, instance_type: str) -> Fit:
+    """The model's measured cost (from its spec, else measured here now) against the
+    instance's memory budget."""
+    from export.cost import measure
+    from export.errors import ExportError
+    from inference.model_spec import SpecError, read_spec_file
+
+    try:
+        cost = read_spec_file(path).measured_cost or measure(path)
+    except (SpecError, ExportError) as exc:
+        raise ArtifactError(f"cannot tell what {path.name} costs to serve: {exc}") from None
+    return fit.check(cost, instance_type)

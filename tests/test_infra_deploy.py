@@ -14,10 +14,15 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from infra import artifacts, deploy
+from infra import artifacts, deploy, fit, model_check
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "eu-west-1"
+# Costs as export/cost.py records them: the demo-sized model, and a five-member ResNeSt-50
+# ensemble at 128 px as measured on this project's 2-core Xeon (fp32: two copies of 569 MiB
+# of weights while loading).
+SMALL_MODEL_COST = {"load_peak_mib": 300.0, "resting_mib": 190.0, "per_view_mib": 2.0}
+ENSEMBLE_COST = {"load_peak_mib": 1253.0, "resting_mib": 680.0, "per_view_mib": 11.6}
 
 
 @pytest.fixture
@@ -39,6 +44,8 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     )
     # The real loader is tested on a real model below; here the bytes are stand-ins.
     monkeypatch.setattr(deploy.model_check, "validate_model", lambda path: "stand-in model")
+    monkeypatch.setattr(deploy.model_check, "check_fit",
+                        lambda path, instance_type: fit.check(SMALL_MODEL_COST, instance_type))
     with mock_aws():
         yield
 
@@ -520,3 +527,34 @@ def test_bundle_carries_the_lock_and_the_wheelhouse(source_dir: Path, tmp_path: 
         names = set(tar.getnames())
     assert "requirements.lock" in names
     assert "wheelhouse/x86_64/flask-3.1.3-py3-none-x86_64.whl" in names
+
+
+def test_deploy_stops_before_uploading_a_model_too_big_for_the_instance(
+    aws: None,
+    monkeypatch: pytest.MonkeyPatch,
+    source_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(deploy.model_check, "check_fit",
+                        lambda path, instance_type: fit.check(ENSEMBLE_COST, instance_type))
+    model = _model(tmp_path)
+    assert _deploy(source_dir, model) == deploy.EXIT_STOPPED
+    out, err = capsys.readouterr()
+    assert "would be killed for memory on t3.micro. Rerun with --yes" in err
+    assert "does not fit t3.micro: its server needs about 1445 MiB" in out
+    assert "t3.small fits (deploy --instance-type t3.small)" in out
+    assert boto3.client("s3").list_buckets()["Buckets"] == []
+    assert boto3.client("cloudformation").describe_stacks()["Stacks"] == []
+
+    assert _deploy(source_dir, model, "--instance-type", "t3.small") == 0
+    assert _params("mel")["InstanceType"] == "t3.small"
+    assert _deploy(source_dir, model, "--yes", stack="forced") == 0
+
+
+def test_the_fit_check_measures_a_real_model_that_carries_no_cost(
+    tiny_onnx_model: Path,
+) -> None:
+    verdict = model_check.check_fit(tiny_onnx_model, "t3.micro")
+    assert verdict.fits, verdict.sentence()
+    assert 192 < verdict.need_mib < verdict.allowed_mib == 750 * 0.9

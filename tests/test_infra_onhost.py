@@ -123,6 +123,20 @@ def test_nginx_body_limit_equals_the_apps_limit(tmp_path: Path) -> None:
         int(env["MELANOMA_MAX_CONTENT_LENGTH"][0])} == {16 * 1024 * 1024}
 
 
+@pytest.mark.parametrize("instance_type, high, most", [
+    ("t3.micro", 600, 750), ("t4g.small", 1624, 1774), ("t3a.medium", 3672, 3822)])
+def test_the_units_memory_limit_follows_the_instance_type(
+        tmp_path: Path, instance_type: str, high: int, most: int) -> None:
+    files = render.render_all(_local_config(instance_type=instance_type), tmp_path)
+    unit = _directives(files[render.UNIT_NAME].read_text())
+    assert (unit["MemoryHigh"], unit["MemoryMax"]) == ([f"{high}M"], [f"{most}M"])
+
+
+def test_an_instance_size_without_a_known_memory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match="size 'nano' is not one of micro, small, medium"):
+        render.render_all(_local_config(instance_type="t3.nano"), tmp_path)
+
+
 def test_unit_is_hardened_sized_for_one_gib_and_logs_to_the_journal(tmp_path: Path) -> None:
     unit = _directives(render.render_all(_local_config(), tmp_path)[render.UNIT_NAME].read_text())
     assert unit["User"] == ["melanoma"] and unit["Group"] == ["melanoma"]

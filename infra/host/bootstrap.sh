@@ -44,6 +44,7 @@ done
 SWAP_MIB=${SWAP_MIB:-1024}
 TRUSTED_PROXY_CIDR=${TRUSTED_PROXY_CIDR:-}
 FRONT=${FRONT:-}
+INSTANCE_TYPE=${INSTANCE_TYPE:-t3.micro}
 # Every S3 call names the bucket's owner: a bucket re-created under another account after a
 # teardown must not receive our status or feed us its objects.
 S3_OWNER=(--expected-bucket-owner "$BUCKET_OWNER")
@@ -166,7 +167,7 @@ render_configs() {
     local rendered sha=$1
     rendered=$(mktemp -d)
     python3 "$PREFIX/app/infra/host/render.py" --out "$rendered" --nginx-main \
-        --model-sha256 "$sha" --front "$FRONT" \
+        --model-sha256 "$sha" --front "$FRONT" --instance-type "$INSTANCE_TYPE" \
         --app-dir "$PREFIX/app" --venv-dir "$PREFIX/venv" \
         --model-path "$PREFIX/models/current.onnx" \
         --user "$SERVICE_USER" \

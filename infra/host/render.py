@@ -25,6 +25,12 @@ SITE_NAME = "melanoma-nginx.conf"
 MAIN_NAME = "nginx.conf"
 _MAIN_TEMPLATE = "nginx.conf.in"
 _MIB = 1024 * 1024
+# Memory of the instance types the templates allow (all burstable: only the size matters).
+INSTANCE_MEMORY_MIB = {"micro": 1024, "small": 2048, "medium": 4096}
+# What the app's unit leaves to the kernel, sshd/ssm, the log agents and nginx (with its
+# upload buffers): 1 GiB less a 750M MemoryMax. MemoryHigh sits this far below MemoryMax.
+RESERVED_MIB = 274
+HIGH_BELOW_MAX_MIB = 150
 # What one connection slot may hold while its header arrives: client_header_buffer_size and
 # the four large_client_header_buffers (nginx's defaults, 1 KB and 4 x 8 KB).
 _HEADER_BYTES = 1024 + 4 * 8 * 1024
@@ -74,8 +80,8 @@ class HostConfig:
     trusted_proxy_cidr: str = ""
     # What terminates TLS in front: "cloudfront", "alb", or "" (nothing; a rehearsal).
     front: str = ""
-    memory_high: str = "600M"
-    memory_max: str = "750M"
+    # The EC2 type (t3.micro, t4g.small, ...): sizes the unit's MemoryMax and MemoryHigh.
+    instance_type: str = "t3.micro"
     memory_swap_max: str = "512M"
     # nginx's main config (MAIN_NAME): Amazon Linux's nginx package and its paths.
     nginx_user: str = "nginx"
@@ -96,8 +102,20 @@ class HostConfig:
     # time; a few addresses cannot take every upload slot.
     uploads_per_address: int = 2
 
+    def memory_max_mib(self) -> int:
+        return unit_memory_max_mib(self.instance_type)
+
     def resolved_static_dir(self) -> str:
         return self.static_dir or f"{self.app_dir}/webapp/static"
+
+
+def unit_memory_max_mib(instance_type: str) -> int:
+    """The app unit's MemoryMax on `instance_type`: its memory less what the box needs."""
+    size = instance_type.rsplit(".", 1)[-1]
+    if size not in INSTANCE_MEMORY_MIB:
+        raise RenderError(f"instance type {instance_type!r}: size {size!r} is not one of "
+                          f"{', '.join(INSTANCE_MEMORY_MIB)}")
+    return INSTANCE_MEMORY_MIB[size] - RESERVED_MIB
 
 
 def _values(config: HostConfig) -> dict[str, str]:
@@ -130,6 +148,8 @@ def _values(config: HostConfig) -> dict[str, str]:
                 f"{field.name} holds characters that would break a config file: {value!r}"
             )
     values = {f.name.upper(): str(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    values["MEMORY_MAX"] = f"{config.memory_max_mib()}M"
+    values["MEMORY_HIGH"] = f"{config.memory_max_mib() - HIGH_BELOW_MAX_MIB}M"
     values["STATIC_DIR"] = config.resolved_static_dir().rstrip("/")
     values["UPLOADS_IN_ALL"] = str(uploads_in_all)
     values["WORKER_RLIMIT_NOFILE"] = str(2 * config.worker_connections + 64)
