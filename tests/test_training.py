@@ -54,10 +54,17 @@ def test_augment_keeps_shape_and_is_reproducible() -> None:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     root = tmp_path_factory.mktemp("train")
     data = generate_dataset(root / "data", 48, seed=4, size=48, melanoma_fraction=0.25)
-    result = fit(TrainConfig(labels=data.labels_csv, images=data.images,
-                             out_dir=root / "ckpt", arch=TINY_ARCH, image_size=48,
-                             stages=((32, 1), (48, 1)), batch_size=8, folds=3,
-                             progress=False, extra_hparams={"training_data": "tiny"}))
+    threads = torch.get_num_threads()
+    try:
+        result = fit(TrainConfig(labels=data.labels_csv, images=data.images,
+                                 out_dir=root / "ckpt", arch=TINY_ARCH, image_size=48,
+                                 stages=((32, 1), (48, 1)), batch_size=8, folds=3,
+                                 progress=False, extra_hparams={"training_data": "tiny"},
+                                 threads=1))
+        # Training computes on the configured threads, whatever the machine's core count.
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert 0.0 <= result.val_auc <= 1.0 and result.train_images + result.val_images == 48
     return result.checkpoint, result.threshold
 

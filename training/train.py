@@ -58,6 +58,10 @@ class TrainConfig:
     # (the generator's latent `atypia`); AUC, threshold and calibration still use `target`.
     soft_target: str | None = None
     workers: int = 0
+    # CPU threads torch computes with, fixed rather than one per core: a reduction split
+    # over another number of threads adds its floats in another order, so two machines
+    # with different core counts would train different weights from the same seed.
+    threads: int = 2
     accelerator: str = "auto"
     progress: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -111,6 +115,7 @@ def fit(config: TrainConfig) -> TrainResult:
     """Train on every fold but `config.fold`, validate on it; return the best checkpoint."""
     started = time.perf_counter()
     L.seed_everything(config.seed, workers=True, verbose=False)
+    torch.set_num_threads(config.threads)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     items = read_labels(config.labels, config.images)
     folds = assign_folds([i.target for i in items], [i.patient_id for i in items],
