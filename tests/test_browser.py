@@ -279,6 +279,24 @@ def test_form_works_without_javascript(visit: Any, photos: dict[str, Path]) -> N
     v.check("result-nojs")
 
 
+@pytest.mark.parametrize("scripts", [True, False], ids=["js", "nojs"])
+def test_a_drawn_example_is_analysed_in_one_click(visit: Any, scripts: bool) -> None:
+    v = visit("narrow", java_script_enabled=scripts)
+    page = v.open("/")
+    examples = page.locator(".example-list button.example")
+    assert examples.count() == 6
+    first = examples.first
+    caption = first.inner_text().strip()
+    assert "drawn" in caption.lower()
+    with page.expect_navigation() as navigation:
+        first.click()
+    assert navigation.value is not None and navigation.value.status == 200
+    heading = page.get_by_role("heading", level=1).inner_text()
+    assert heading.startswith("Result for drawn-"), heading
+    assert page.locator("img.heatmap").count() == 1
+    v.check(f"example-{'js' if scripts else 'nojs'}")
+
+
 def test_a_refused_upload_keeps_the_chosen_file(visit: Any, photos: dict[str, Path]) -> None:
     v = visit("phone")
     page = v.open("/")
