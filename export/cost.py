@@ -36,7 +36,7 @@ REPEATS = 3
 
 def measure(model: Path, timeout: float = 600.0) -> dict[str, Any]:
     """Measure `model` in a child process; the figures as the spec's `measured_cost`."""
-    command = [sys.executable, "-m", "export.cost", "--probe", str(model)]
+    command = [sys.executable, "-m", "export.cost", "--probe", str(model.resolve())]
     root = Path(__file__).resolve().parent.parent
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
