@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,16 @@ import numpy as np
 import torch
 
 from export import verify
-from export.checkpoint import load_checkpoint, sha256_of
+from export.checkpoint import load_checkpoint
 from export.errors import ExportError
 from export.graph import LogitsAndFeatures, classifier_of, export_module
 from export.network import Network, check_cam_head, network_from
-from export.pipeline import (ExportResult, check_round_trip, check_writable, embed_metadata,
-                             temporary_path, tool_versions, write_provenance)
+from export.pipeline import (ExportResult, check_writable, publish, temporary_path,
+                             tool_versions)
 from export.settings import Resolved, resolve
 from inference.runtime import ort
-from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, DEFAULT_LABELS, FEATURES_NAME,
-                                  INPUT_NAME, LOGITS_NAME, MEMBER_LOGITS_NAME,
-                                  SPEC_METADATA_KEY, ModelSpec, encode_cam_weights)
+from inference.model_spec import (DEFAULT_LABELS, FEATURES_NAME, INPUT_NAME, LOGITS_NAME,
+                                  MEMBER_LOGITS_NAME, ModelSpec)
 
 # The averaged probability is written back as one log-odds; clamped so 0 and 1 stay finite.
 PROBABILITY_EPSILON = 1e-7
@@ -206,18 +204,10 @@ def export_ensemble(request: EnsembleRequest, models_dir: Path = Path("models"))
         parity = measure_parity(graph, members, partial.read_bytes(), ensemble["input_size"],
                                 request.tolerance)
         spec = ensemble_spec(request, members, ensemble, grids, parity)
-        weights, bias = cam_weights(members)
-        embed_metadata(partial, {SPEC_METADATA_KEY: spec.to_json(),
-                                 CAM_WEIGHTS_METADATA_KEY: encode_cam_weights(weights, bias)})
-        verify.check_graph(partial)
-        check_round_trip(partial, spec)
-        os.chmod(partial, 0o644)
-        os.replace(partial, output)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    onnx_sha = sha256_of(output)
-    write_provenance(output, spec, onnx_sha)
+    onnx_sha = publish(partial, output, spec, *cam_weights(members))
     lead = lead_member(members)
     sources = {name: f"{value.source} of {lead.path.name}"
                for name, value in lead.settings.items()}

@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
@@ -94,9 +95,25 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
                 "demo: seeded random initialisation, NOT trained" if request.demo
                 else f"exported from {request.checkpoint.name}"),
             training_data=request.training_data, held_out=dict(request.held_out))
-        fc_weight, fc_bias = built.cam_weights()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    onnx_sha = publish(partial, output, spec, *built.cam_weights())
+    sources = {name: value.source for name, value in settings.items()}
+    sources["architecture"] = settings["architecture"].source if (
+        settings["architecture"].value == arch.name) else "detected from the state_dict"
+    sources["weights"] = _weights_source(loaded.weights)
+    return ExportResult(output, spec, sources, loaded.ignored_keys, onnx_sha)
+
+
+def publish(partial: Path, output: Path, spec: ModelSpec, cam_weights: np.ndarray,
+            cam_bias: float) -> str:
+    """Embed the spec and CAM weights into the verified graph at `partial`, check it, and
+    only then rename it to `output` (atomic) beside its provenance; its SHA-256."""
+    try:
         embed_metadata(partial, {SPEC_METADATA_KEY: spec.to_json(),
-                         CAM_WEIGHTS_METADATA_KEY: encode_cam_weights(fc_weight, fc_bias)})
+                                 CAM_WEIGHTS_METADATA_KEY: encode_cam_weights(cam_weights,
+                                                                              cam_bias)})
         verify.check_graph(partial)
         check_round_trip(partial, spec)
         os.chmod(partial, 0o644)  # mkstemp makes it private; the service user must read it
@@ -106,11 +123,7 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
         raise
     onnx_sha = sha256_of(output)
     write_provenance(output, spec, onnx_sha)
-    sources = {name: value.source for name, value in settings.items()}
-    sources["architecture"] = settings["architecture"].source if (
-        settings["architecture"].value == arch.name) else "detected from the state_dict"
-    sources["weights"] = _weights_source(loaded.weights)
-    return ExportResult(output, spec, sources, loaded.ignored_keys, onnx_sha)
+    return onnx_sha
 
 
 def _flags(request: ExportRequest) -> dict[str, Any]:
