@@ -79,14 +79,14 @@ def _input_size(model: KerasModel, flag: int | None) -> int:
         if flag is None:
             raise ExportError(f"{model.path.name} accepts any image size; give the size it "
                               "was trained at with --input-size")
-        return resolve({"input_size": flag}, {})["input_size"].value
+        return int(resolve({"input_size": flag}, {})["input_size"].value)
     if height != width:
         raise ExportError(f"{model.path.name} takes {height}x{width} images; only square "
                           "inputs are supported")
     if flag is not None and flag != height:
         raise ExportError(f"--input-size {flag} contradicts the model's own input size "
                           f"{height} px")
-    return resolve({"input_size": height}, {})["input_size"].value
+    return int(resolve({"input_size": height}, {})["input_size"].value)
 
 
 def _measure_parity(model: KerasModel, served: keras_graph.ServedGraph, spec: ModelSpec,
