@@ -25,6 +25,7 @@ from export.errors import ExportError
 KERAS_PACKAGES = ("tensorflow-cpu", "keras", "tf2onnx")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _SIGNATURE = "serving_default"
+_GENERIC_NAMES = ("functional", "model", "sequential")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def load_keras_model(path: Path, allow_unsafe_code: bool = False) -> KerasModel:
     graph_def, input_name, output_name = _freeze(tf, function.get_concrete_function(spec))
     kind = "Keras 3 .keras" if _is_keras_zip(path) else "Keras HDF5 .h5"
     return KerasModel(path, sha256_of(path), f"{kind} (Keras {keras.__version__})", "keras",
-                      model.name, graph_def, input_name, output_name, shape,
+                      _architecture(model), graph_def, input_name, output_name, shape,
                       lambda images: np.asarray(model.predict(images, verbose=0)))
 
 
@@ -143,6 +144,15 @@ def _freeze(tf: Any, function: Any) -> tuple[Any, str, str]:
     frozen = convert_variables_to_constants_v2(function)
     inputs = [t for t in frozen.inputs if t.dtype != tf.resource]
     return frozen.graph.as_graph_def(), inputs[0].name, frozen.outputs[0].name
+
+
+def _architecture(model: Any) -> str:
+    # A fine-tuned application is usually Functional("functional") around a nested base model
+    # named for its family ("efficientnetb3", "xception"): that name tells the user more.
+    if model.name.split("_")[0] not in _GENERIC_NAMES:
+        return str(model.name)
+    nested = [layer.name for layer in model.layers if hasattr(layer, "layers")]
+    return str(nested[0]) if len(nested) == 1 else str(model.name)
 
 
 def _check_image_input(path: Path, shape: tuple[int | None, ...]) -> None:

@@ -18,7 +18,6 @@ import numpy as np
 
 from tests import images
 
-FORMATS = ("keras", "h5", "savedmodel")
 
 
 def keras() -> Any:
@@ -75,10 +74,16 @@ def head_model(size: int, head: Callable[[Any, Any], Any]) -> Any:
 
 
 def save(model: Any, directory: Path, name: str, fmt: str) -> Path:
-    """Write `model` the way a user would: model.save for files, model.export for SavedModel."""
+    """Write `model` the way a user would: model.save for files, model.export ("savedmodel")
+    or tf.saved_model.save ("tf-savedmodel") for a SavedModel folder."""
+    path = directory / name
     if fmt == "savedmodel":
-        path = directory / name
         model.export(str(path), verbose=False)
+        return path
+    if fmt == "tf-savedmodel":
+        import tensorflow as tf
+
+        tf.saved_model.save(model, str(path))
         return path
     path = directory / f"{name}.{fmt}"
     model.save(str(path))

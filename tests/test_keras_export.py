@@ -28,6 +28,7 @@ SERVED_CASES = [
     ("xception", "keras", 256, "tf"),
     ("xception", "h5", 384, "caffe"),
     ("xception", "savedmodel", 512, "torch"),
+    ("efficientnet", "tf-savedmodel", 256, "in-graph"),
 ]
 SERVED_TOLERANCE = 1e-3
 
@@ -224,3 +225,15 @@ def test_full_size_efficientnet_b3_at_384_serves_keras_predictions(tmp_path: Pat
         assert abs(body["probability"] - expected) <= SERVED_TOLERANCE
         assert body["heatmap_png_base64"]
     assert read_spec_file(tmp_path / "b3.onnx").checkpoint_format.startswith("Keras 3 .keras")
+
+
+def test_a_fine_tuned_base_model_gives_the_architecture_its_name(tmp_path: Path) -> None:
+    k = keras_models.keras()
+    base = keras_models.head_model(64, lambda layers, x: layers.Conv2D(8, 1)(x))
+    base.name = "xception"
+    image = k.Input((64, 64, 3))
+    pooled = k.layers.GlobalAveragePooling2D()(base(image))
+    model = k.Model(image, k.layers.Dense(1, activation="sigmoid")(pooled))
+    saved = keras_models.save(model, tmp_path, "finetuned", "keras")
+    spec = export(saved, tmp_path / "m.onnx", "--keras-preprocessing", "tf")
+    assert (spec.architecture, spec.architecture_library) == ("xception", "keras")
