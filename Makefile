@@ -27,7 +27,9 @@ setup: $(VENV)/.installed
 
 # The groups of pyproject.toml, from their requirements files (the pins are written there).
 SERVE_REQUIREMENTS := -r requirements.txt -r requirements-export.txt -r requirements-train.txt
-DEV_REQUIREMENTS := -r requirements-infra.txt -r requirements-bench.txt \
+# TensorFlow (requirements-keras.txt) is for exporting Keras models: the tests install it, a
+# server never does.
+DEV_REQUIREMENTS := -r requirements-keras.txt -r requirements-infra.txt -r requirements-bench.txt \
 	-r requirements-security.txt -r requirements-dev.txt
 
 $(VENV)/.installed-serve: pyproject.toml requirements.txt requirements-export.txt requirements-train.txt

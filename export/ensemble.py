@@ -12,7 +12,6 @@ weighted mean of the members' log-odds (the `member_logits` output).
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ from export.checkpoint import load_checkpoint
 from export.errors import ExportError
 from export.graph import LogitsAndFeatures, classifier_of, export_module
 from export.network import Network, check_cam_head, network_from
-from export.pipeline import (ExportResult, check_writable, publish, temporary_path,
-                             tool_versions)
+from export import keras_source, publish
+from export.pipeline import ExportResult, created_now
 from export.settings import Resolved, resolve
 from inference.runtime import ort
 from inference.model_spec import (DEFAULT_LABELS, FEATURES_NAME, INPUT_NAME, LOGITS_NAME,
@@ -192,12 +191,12 @@ def export_ensemble(request: EnsembleRequest, models_dir: Path = Path("models"))
     """Load every member, build the shared graph, verify it member by member and as a whole,
     embed the spec, and only then publish the file."""
     output = request.output or models_dir / "ensemble.onnx"
-    check_writable(output.parent)
+    publish.check_writable(output.parent)
     members = load_members(request)
     ensemble = ensemble_settings(members, request)
     grids = [check_member(m) for m in members]
     graph = EnsembleGraph(members, ensemble, grids).eval()
-    partial = temporary_path(output)
+    partial = publish.temporary_path(output)
     try:
         export_module(graph, ensemble["input_size"], partial,
                       (LOGITS_NAME, FEATURES_NAME, MEMBER_LOGITS_NAME))
@@ -207,7 +206,7 @@ def export_ensemble(request: EnsembleRequest, models_dir: Path = Path("models"))
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    onnx_sha = publish(partial, output, spec, *cam_weights(members))
+    onnx_sha = publish.publish(partial, output, spec, *cam_weights(members))
     lead = lead_member(members)
     sources = {name: f"{value.source} of {lead.path.name}"
                for name, value in lead.settings.items()}
@@ -224,6 +223,9 @@ def load_members(request: EnsembleRequest) -> list[Member]:
     members = []
     for path, weight, architecture, size in zip(request.checkpoints, weights, architectures,
                                                 sizes, strict=True):
+        if keras_source.is_keras_model(path):
+            raise ExportError(f"{path.name}: ensemble members are PyTorch checkpoints; export "
+                              "a Keras or TensorFlow model on its own")
         loaded = load_checkpoint(path, request.allow_unsafe_pickle, request.prefer_ema)
         flags = {"architecture": architecture, "input_size": size, "resize": request.resize,
                  "interpolation": request.interpolation, "color_order": request.color_order,
@@ -355,8 +357,8 @@ def ensemble_spec(request: EnsembleRequest, members: list[Member], ensemble: dic
         # The ensemble's identity: SHA-256 of its members' checkpoint hashes, in order.
         checkpoint_sha256=hashlib.sha256(joined).hexdigest(),
         checkpoint_name=", ".join(m.path.name for m in members), checkpoint_format="ensemble",
-        demo=False, tool_versions=tool_versions(), parity=parity.whole,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        demo=False, tool_versions={"torch": torch.__version__, **publish.tool_versions()},
+        parity=parity.whole, created=created_now(),
         provenance=f"ensemble of {len(members)} checkpoints, probabilities averaged",
         members=records)
 

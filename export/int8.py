@@ -31,7 +31,7 @@ from export import fidelity  # noqa: E402
 from export.calibration import ImageReader, SourceImage, model_input, split_images  # noqa: E402
 from export.checkpoint import sha256_of  # noqa: E402
 from export.errors import ExportError  # noqa: E402
-from export.pipeline import embed_metadata  # noqa: E402
+from export.publish import embed_metadata  # noqa: E402
 from export.quantize import (KEEPABLE, METHODS, PLACEMENTS, QuantizeOptions,  # noqa: E402
                              quantize_model, shift_logit_bias)
 from inference import tta  # noqa: E402

@@ -2,26 +2,18 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import platform
-import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import torch
 
-from export import graph, verify
-from export.checkpoint import LoadedCheckpoint, load_checkpoint, sha256_of
+from export import graph, keras_source, publish, verify
+from export.checkpoint import LoadedCheckpoint, load_checkpoint
 from export.errors import ExportError
 from export.network import Network, check_cam_head, network_from
 from export.settings import Resolved, resolve
-from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, DEFAULT_LABELS, SPEC_METADATA_KEY,
-                               ModelSpec, encode_cam_weights)
+from inference.model_spec import DEFAULT_LABELS, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -45,6 +37,7 @@ class ExportRequest:
     tolerance: float = 1e-4
     allow_unsafe_pickle: bool = False
     prefer_ema: bool = True
+    keras_preprocessing: str | None = None
     provenance: str | None = None
     training_data: str = ""
     held_out: dict[str, float] = field(default_factory=dict)
@@ -60,9 +53,18 @@ class ExportResult:
 
 
 def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models")) -> ExportResult:
-    """Load, build strictly, export, verify, embed the spec, and only then publish the file."""
+    """Load, build strictly, export, verify, embed the spec, and only then publish the file.
+
+    Keras and TensorFlow models (.keras, .h5, SavedModel folders) take export/keras_export.py.
+    """
+    if keras_source.is_keras_model(request.checkpoint):
+        from export.keras_export import export_keras  # imports TensorFlow only when needed
+
+        return export_keras(request, models_dir)
+    if request.keras_preprocessing is not None:
+        raise ExportError("--keras-preprocessing applies to Keras and TensorFlow models only")
     output = request.output or models_dir / f"{request.checkpoint.stem}.onnx"
-    check_writable(output.parent)
+    publish.check_writable(output.parent)
     loaded = load_checkpoint(request.checkpoint, request.allow_unsafe_pickle, request.prefer_ema)
     settings = resolve(_flags(request), loaded.hyper_parameters)
     built = _build(settings["architecture"], loaded)
@@ -70,7 +72,7 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
 
     size = settings["input_size"].value
     check_cam_head(built, size)
-    partial = temporary_path(output)
+    partial = publish.temporary_path(output)
     try:
         graph.export_graph(network, size, partial)
         parity = verify.measure_parity(network, partial.read_bytes(), size, head.output_kind,
@@ -89,8 +91,8 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
             features_name=graph.FEATURES_NAME,
             checkpoint_sha256=loaded.sha256, checkpoint_name=request.checkpoint.name,
             checkpoint_format=loaded.format, demo=request.demo,
-            tool_versions=tool_versions(), parity=parity.as_dict(),
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            tool_versions={"torch": torch.__version__, **publish.tool_versions()},
+            parity=parity.as_dict(), created=created_now(),
             provenance=request.provenance or (
                 "demo: seeded random initialisation, NOT trained" if request.demo
                 else f"exported from {request.checkpoint.name}"),
@@ -98,32 +100,13 @@ def export_checkpoint(request: ExportRequest, models_dir: Path = Path("models"))
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    onnx_sha = publish(partial, output, spec, *built.cam_weights())
+    fc_weight, fc_bias = built.cam_weights()
+    onnx_sha = publish.publish(partial, output, spec, fc_weight, fc_bias)
     sources = {name: value.source for name, value in settings.items()}
     sources["architecture"] = settings["architecture"].source if (
         settings["architecture"].value == arch.name) else "detected from the state_dict"
     sources["weights"] = _weights_source(loaded.weights)
     return ExportResult(output, spec, sources, loaded.ignored_keys, onnx_sha)
-
-
-def publish(partial: Path, output: Path, spec: ModelSpec, cam_weights: np.ndarray,
-            cam_bias: float) -> str:
-    """Embed the spec and CAM weights into the verified graph at `partial`, check it, and
-    only then rename it to `output` (atomic) beside its provenance; its SHA-256."""
-    try:
-        embed_metadata(partial, {SPEC_METADATA_KEY: spec.to_json(),
-                                 CAM_WEIGHTS_METADATA_KEY: encode_cam_weights(cam_weights,
-                                                                              cam_bias)})
-        verify.check_graph(partial)
-        check_round_trip(partial, spec)
-        os.chmod(partial, 0o644)  # mkstemp makes it private; the service user must read it
-        os.replace(partial, output)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    onnx_sha = sha256_of(output)
-    write_provenance(output, spec, onnx_sha)
-    return onnx_sha
 
 
 def _flags(request: ExportRequest) -> dict[str, Any]:
@@ -145,50 +128,6 @@ def _weights_source(weights: str) -> str:
             "raw": "the raw ones (the EMA copy was declined)"}.get(weights, "the only set")
 
 
-def check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ExportError(f"cannot create output directory {directory}: {error.strerror}") from None
-    if not os.access(directory, os.W_OK):
-        raise ExportError(f"output directory {directory} is not writable")
-
-
-def temporary_path(output: Path) -> Path:
-    # Same directory as the target so the final rename is atomic.
-    handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial",
-                                    dir=output.parent)
-    os.close(handle)
-    return Path(name)
-
-
-def embed_metadata(path: Path, props: dict[str, str]) -> None:
-    """Replace the model file's metadata_props with `props` (the spec, CAM weights, ...)."""
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    model.producer_name = "melanoma-export"
-    onnx.save(model, str(path))
-
-
-def check_round_trip(path: Path, spec: ModelSpec) -> None:
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    if ModelSpec.from_json(props[SPEC_METADATA_KEY]) != spec:
-        raise ExportError("the spec read back from the written model differs from the one written")
-
-
-def tool_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("onnx", "onnxruntime", "resnest", "timm", "safetensors", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions
-
-
-def write_provenance(output: Path, spec: ModelSpec, onnx_sha: str) -> None:
-    record = {"model": output.name, "onnx_sha256": onnx_sha, "spec": spec.as_dict()}
-    provenance = output.with_name(output.name + ".provenance.json")
-    provenance.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+def created_now() -> str:
+    """The spec's creation time: UTC, to the second."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,7 +1,8 @@
-"""Command line: export a checkpoint (or several, as one ensemble) to a verified ONNX model
-with its spec embedded.
+"""Command line: export a trained classifier (or several, as one ensemble) to a verified ONNX
+model with its spec embedded.
 
     python export/to_onnx.py path/to/model.ckpt [--output models/x.onnx] [options]
+    python export/to_onnx.py model.keras | model.h5 | saved_model_dir/   # Keras, TensorFlow
     python export/to_onnx.py fold0.ckpt fold1.ckpt ... [--weights w0 w1 ...]   # an ensemble
     python export/to_onnx.py CKPT --int8 --calibration-images DIR   # also models/x.int8.onnx
 """
@@ -20,9 +21,9 @@ if __package__ in (None, ""):
     # Run as a script (`python export/to_onnx.py`): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from export import cost, int8  # noqa: E402
-from export.ensemble import EnsembleRequest, export_ensemble  # noqa: E402
+from export import cost, int8, keras_pixels  # noqa: E402
 from export.checkpoint import sha256_of  # noqa: E402
+from export.ensemble import EnsembleRequest, export_ensemble  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.pipeline import ExportRequest, ExportResult, export_checkpoint  # noqa: E402
 from inference.model_spec import (COLOR_ORDERS, DEFAULT_LABELS, INTERPOLATIONS,  # noqa: E402
@@ -36,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                "(128 px, resize, RGB, ImageNet mean/std, threshold 0.5).")
     parser.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
                         help="Lightning .ckpt, timm checkpoint, plain state_dict (.pt/.pth), "
-                             ".safetensors, or a dict holding one; several make one ensemble "
-                             "whose probabilities are averaged")
+                             ".safetensors, or a dict holding one; or a Keras .keras/.h5 file "
+                             "or a TensorFlow SavedModel folder (needs requirements-keras.txt); "
+                             "several checkpoints make one ensemble whose probabilities are "
+                             "averaged")
     parser.add_argument("--weights", type=float, nargs="+", metavar="W",
                         help="ensemble only: each checkpoint's weight in the average "
                              "(normalised to sum 1; default equal)")
@@ -59,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="normalisation mean on [0, 1] pixels")
     parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="normalisation std on [0, 1] pixels")
+    parser.add_argument("--keras-preprocessing", choices=keras_pixels.CHOICES,
+                        help="Keras models only: how pixels were prepared in training, when the "
+                             "graph does not say (in-graph: 0-255, the model normalises itself; "
+                             "tf/caffe/torch: keras preprocess_input's modes); see docs/keras.md")
     parser.add_argument("--threshold", type=float,
                         help="melanoma probability at or above which the label is positive")
     parser.add_argument("--labels", nargs=2, default=DEFAULT_LABELS,
@@ -68,14 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true",
                         help="mark the model as an untrained demo in its spec and the UI")
     parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest |Δ probability| between ONNX Runtime and PyTorch accepted")
+                        help="largest |Δ probability| between ONNX Runtime and PyTorch (or "
+                             "Keras) accepted")
     parser.add_argument("--reference-images", type=Path, metavar="DIR",
                         help="folder of photos like the ones the model will see (e.g. its "
                              "training images); their feature statistics go into the model so "
                              "the server warns about uploads unlike all of them")
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="load with weights_only=False (also whole pickled modules); runs "
-                             "code from the file, trusted files only")
+                        help="load with weights_only=False (also whole pickled modules), or a "
+                             "Keras model's Lambda layers; runs code from the file, trusted "
+                             "files only")
     parser.add_argument("--no-ema", dest="prefer_ema", action="store_false",
                         help="export the raw weights even when the checkpoint has an EMA copy")
     parser.add_argument("--no-measure-cost", dest="measure_cost", action="store_false",
@@ -98,7 +107,8 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
         threshold=args.threshold, labels=tuple(args.labels), name=args.name,
         version=args.model_version, demo=args.demo, tolerance=args.tolerance,
-        allow_unsafe_pickle=args.allow_unsafe_pickle, prefer_ema=args.prefer_ema)
+        allow_unsafe_pickle=args.allow_unsafe_pickle, prefer_ema=args.prefer_ema,
+        keras_preprocessing=args.keras_preprocessing)
 
 
 def ensemble_request_from_args(args: argparse.Namespace) -> EnsembleRequest:
