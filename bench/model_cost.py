@@ -37,20 +37,20 @@ REPEATS = 3
 
 def build_model(directory: Path, size: int, members: int) -> Path:
     name = ARCHITECTURES[size]
-    checkpoints = []
+    checkpoints: list[Path] = []
     for seed in range(members):
         torch.manual_seed(seed)
         network = lookup(name).build(1)
         path = directory / f"{name}-{size}-fold{seed}.pth"
         torch.save({"state_dict": network.state_dict(),
                     "hyper_parameters": {"arch": name, "image_size": size}}, path)
-        checkpoints.append(str(path))
+        checkpoints.append(path)
         del network
     output = directory / f"{name}-{size}-x{members}.onnx"
-    if to_onnx.main([*checkpoints, "-o", str(output), "--no-measure-cost"]) != 0:
+    if to_onnx.main([*map(str, checkpoints), "-o", str(output), "--no-measure-cost"]) != 0:
         raise SystemExit(f"export of {output.name} failed")
-    for path in checkpoints:
-        Path(path).unlink()
+    for checkpoint in checkpoints:
+        checkpoint.unlink()
     return output
 
 
