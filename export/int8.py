@@ -35,6 +35,7 @@ from export.pipeline import embed_metadata  # noqa: E402
 from export.quantize import (KEEPABLE, METHODS, PLACEMENTS, QuantizeOptions,  # noqa: E402
                              quantize_model, shift_logit_bias)
 from inference import tta  # noqa: E402
+from inference.precision import int8_path  # noqa: E402  (where the server looks for it)
 from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, SPEC_METADATA_KEY,  # noqa: E402
                                ModelSpec, SpecError, decode_cam_weights,
                                encode_cam_weights, spec_from_metadata)
@@ -70,11 +71,6 @@ class Int8Result:
     fidelity: fidelity.Fidelity
     failures: tuple[str, ...]
     onnx_sha256: str
-
-
-def int8_path(fp32_model: Path) -> Path:
-    """Where the INT8 model goes by default: beside the fp32 one."""
-    return fp32_model.with_name(f"{fp32_model.stem}.int8.onnx")
 
 
 def export_int8(request: Int8Request) -> Int8Result:
@@ -231,6 +227,12 @@ def report(result: Int8Result) -> str:
              f"max |Δp| {f.max_abs_delta:.4f}, p99 |Δp| {f.p99_abs_delta:.4f}, "
              f"flips {f.flips} ({f.flip_rate:.2%}), heatmap r mean {f.heatmap_correlation_mean:.3f}"
              f" p5 {f.heatmap_correlation_p5:.3f}"]
+    if f.flips and f.flip_logit_distance_max is not None:
+        band = "0.25"
+        lines.append(f"flipped decisions lay within {f.flip_logit_distance_max:.3f} log-odds of "
+                     f"the threshold (median {f.flip_logit_distance_median:.3f}); "
+                     f"{f.flips_within.get(band, 0)} of {f.images_within.get(band, 0)} images "
+                     f"within {band} of it flipped")
     if f.auc_change is not None and f.auc_change_ci95 is not None:
         lines.append(f"AUC fp32 {f.auc_fp32:.4f} -> int8 {f.auc_int8:.4f} "
                      f"(change {f.auc_change:+.4f}, 95% CI {f.auc_change_ci95[0]:+.4f} to "

@@ -44,13 +44,15 @@ def patient() -> Response:
 
 @bp.get("/model")
 def model() -> Response:
-    spec = current_service().spec
+    service = current_service()
+    spec = service.spec
     fields = spec.as_dict()
     public = {name: fields[name] for name in PUBLIC_SPEC_FIELDS if name in fields}
-    chunks = current_service().classifier.chunks
+    chunks = service.classifier.chunks
     # How TTA views run within the memory budget; the budget and sizes stay in the log.
     memory = {"views_per_run": chunks.views_per_run, "fits_budget": chunks.fits}
-    return jsonify({**public, **results.precision_block(spec), "memory": memory})
+    return jsonify({**public, **results.precision_block(spec),
+                    "precision_choice": service.choice.as_dict(), "memory": memory})
 
 
 @bp.get("/openapi.json")
