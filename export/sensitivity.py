@@ -12,8 +12,9 @@ correction cannot take away: that is what moves decisions across the threshold.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -47,9 +48,10 @@ class CalibrationFidelity:
 
 
 def quantised_nodes(qdq: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The compute nodes of a QDQ graph that read at least one dequantised input."""
+    """The nodes of a QDQ graph that read at least one dequantised input (but Shape, whose
+    answer rounding cannot change)."""
     producer = {o: n for n in qdq.graph.node for o in n.output}
-    return [n for n in qdq.graph.node if n.op_type not in _QDQ and any(
+    return [n for n in qdq.graph.node if n.op_type not in (*_QDQ, "Shape") and any(
         producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
         for i in n.input)]
 
@@ -64,9 +66,11 @@ def graft(fp32: onnx.ModelProto, qdq: onnx.ModelProto, names: Iterable[str]) -> 
     model.CopyFrom(fp32)
     have = {t.name for t in model.graph.initializer}
     emitted: set[str] = set()
-    # ORT names a bias's DequantizeLinear output after the fp32 bias itself.
-    defined = have | {o for n in model.graph.node for o in n.output}
-    renames: dict[str, str] = {}
+    # ORT names a bias's DequantizeLinear output after the fp32 bias itself, and a graph
+    # output's after the output, renaming the tensor its QuantizeLinear reads.
+    defined = have | {o for n in model.graph.node for o in n.output} | {
+        i.name for i in model.graph.input}
+    renames = _fp32_names(fp32, qdq, defined)
     ordered: list[onnx.NodeProto] = []
     found = set()
     for node in model.graph.node:
@@ -108,6 +112,21 @@ def graft(fp32: onnx.ModelProto, qdq: onnx.ModelProto, names: Iterable[str]) -> 
     del model.graph.initializer[:]
     model.graph.initializer.extend(live_initializers)
     return model
+
+
+def _fp32_names(fp32: onnx.ModelProto, qdq: onnx.ModelProto,
+                defined: set[str]) -> dict[str, str]:
+    """QDQ-graph tensor names that the fp32 graph calls otherwise (same producer, same slot)."""
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    renames = {}
+    for node in qdq.graph.node:
+        twin = fp32_nodes.get(node.name)
+        if twin is None or node.op_type in _QDQ:
+            continue
+        for ours, theirs in zip(node.output, twin.output, strict=False):
+            if ours != theirs and ours not in defined:
+                renames[ours] = theirs
+    return renames
 
 
 def _renamed(node: onnx.NodeProto, renames: dict[str, str],
@@ -203,3 +222,55 @@ def choose(fp32: onnx.ModelProto, qdq: onnx.ModelProto, ranking: Sequence[NodeSe
         else:
             low = middle
     return order[:high], [tried[k] for k in sorted(tried)]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The nodes kept fp32, and the measurements that chose them."""
+
+    fp32_nodes: tuple[str, ...]
+    ranking: tuple[NodeSensitivity, ...]
+    tried: tuple[CalibrationFidelity, ...]
+    images: int
+    ranking_images: int
+
+    def as_dict(self, top: int = 20) -> dict[str, Any]:
+        """The record in the INT8 spec: the most harmful nodes, and each count tried."""
+        return {"ranking_images": self.ranking_images, "selection_images": self.images,
+                "quantised_nodes": len(self.ranking), "kept_fp32": len(self.fp32_nodes),
+                "fp32_nodes": list(self.fp32_nodes),
+                "most_sensitive": [{"node": s.name, "op": s.op_type,
+                                    "logit_error_sd": round(s.logit_error_sd, 5)}
+                                   for s in self.ranking[:top]],
+                "tried": [{k: (round(v, 5) if isinstance(v, float) else v)
+                           for k, v in asdict(c).items()} for c in self.tried]}
+
+
+def session_runner(inputs: np.ndarray, spec: ModelSpec, threads: int = 1,
+                   batch: int = 16) -> Runner:
+    """Runs a graph held in memory over `inputs` and returns its logits."""
+    from inference.runtime import ort
+
+    def run(model: onnx.ModelProto) -> np.ndarray:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run([spec.logits_name], {
+            spec.input_name: inputs[i:i + batch]})[0] for i in range(0, len(inputs), batch)])
+
+    return run
+
+
+def select(prepared_fp32: Path, qdq_path: Path, inputs: np.ndarray, spec: ModelSpec,
+           max_p99: float, max_flip_rate: float, ranking_images: int = 64, threads: int = 1,
+           progress: Callable[[int, int], None] | None = None) -> Selection:
+    """Rank every quantised node on the first `ranking_images` inputs, then keep the fewest
+    fp32 that meet `max_p99` and `max_flip_rate` on all of them."""
+    fp32, qdq = onnx.load(str(prepared_fp32)), onnx.load(str(qdq_path))
+    ranking = rank(fp32, qdq, session_runner(inputs[:ranking_images], spec, threads), spec,
+                   progress)
+    names, tried = choose(fp32, qdq, ranking, session_runner(inputs, spec, threads), spec,
+                          max_p99, max_flip_rate)
+    return Selection(tuple(names), tuple(ranking), tuple(tried), len(inputs),
+                     min(ranking_images, len(inputs)))
