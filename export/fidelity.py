@@ -6,7 +6,7 @@ decision at the spec's threshold, the heatmap, and the AUC where labels exist.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,6 +46,15 @@ class Fidelity:
     auc_change: float | None = None
     auc_change_ci95: tuple[float, float] | None = None
     positives: int | None = None
+    # How close to the threshold the flipped decisions lay (|log-odds of the fp32
+    # probability minus log-odds of the threshold|): flips all within a hair of it are
+    # noise a second reader would share, one far from it is a different answer.
+    flip_logit_distance_max: float | None = None
+    flip_logit_distance_median: float | None = None
+    # Cumulative counts per band (log-odds units): flipped images, and all images, whose
+    # fp32 score lay within that distance of the threshold.
+    flips_within: dict[str, int] = field(default_factory=dict)
+    images_within: dict[str, int] = field(default_factory=dict)
 
     def failures(self, limits: FidelityLimits) -> list[str]:
         """Each limit this measurement misses, said in one short phrase."""
@@ -97,8 +106,9 @@ def compare(reference: Answers, candidate: Answers, images: Sequence[SourceImage
             threshold: float, policy: str, resamples: int = 1000) -> Fidelity:
     """Fidelity of `candidate` (INT8) against `reference` (fp32) on the same images."""
     delta = np.abs(candidate.probabilities - reference.probabilities)
-    flips = int(np.sum((candidate.probabilities >= threshold)
-                       != (reference.probabilities >= threshold)))
+    flipped = ((candidate.probabilities >= threshold)
+               != (reference.probabilities >= threshold))
+    flips = int(flipped.sum())
     correlations = np.array([_correlation(a, b) for a, b in
                              zip(reference.heatmaps, candidate.heatmaps, strict=True)])
     auc: dict[str, Any] = {}
@@ -117,7 +127,28 @@ def compare(reference: Answers, candidate: Answers, images: Sequence[SourceImage
         mean_abs_delta=float(delta.mean()), flips=flips, flip_rate=flips / len(images),
         heatmap_correlation_mean=float(correlations.mean()),
         heatmap_correlation_p5=float(np.percentile(correlations, 5)),
-        heatmap_correlation_min=float(correlations.min()), **auc)
+        heatmap_correlation_min=float(correlations.min()), **auc,
+        **flip_distances(reference.probabilities, flipped, threshold))
+
+
+FLIP_BANDS = (0.05, 0.1, 0.25, 0.5, 1.0)  # log-odds distances from the threshold
+
+
+def flip_distances(reference: np.ndarray, flipped: np.ndarray,
+                   threshold: float) -> dict[str, Any]:
+    """Where the flipped decisions lay: their fp32 scores' log-odds distance to the threshold."""
+    distance = np.abs(_log_odds(reference) - _log_odds(np.asarray([threshold]))[0])
+    moved = distance[flipped]
+    return {
+        "flip_logit_distance_max": float(moved.max()) if moved.size else None,
+        "flip_logit_distance_median": float(np.median(moved)) if moved.size else None,
+        "flips_within": {str(b): int(np.sum(moved <= b)) for b in FLIP_BANDS},
+        "images_within": {str(b): int(np.sum(distance <= b)) for b in FLIP_BANDS}}
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(clipped / (1 - clipped))
 
 
 def measure(fp32_model: Path, int8_model: Path, images: Sequence[SourceImage],

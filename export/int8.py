@@ -27,14 +27,15 @@ import onnx  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from export import fidelity  # noqa: E402
+from export import fidelity, sensitivity  # noqa: E402
 from export.calibration import ImageReader, SourceImage, model_input, split_images  # noqa: E402
 from export.checkpoint import sha256_of  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.publish import embed_metadata  # noqa: E402
 from export.quantize import (KEEPABLE, METHODS, PLACEMENTS, QuantizeOptions,  # noqa: E402
-                             quantize_model, shift_logit_bias)
+                             prepare, quantize_model, shift_logit_bias)
 from inference import tta  # noqa: E402
+from inference.precision import int8_path  # noqa: E402  (where the server looks for it)
 from inference.model_spec import (CAM_WEIGHTS_METADATA_KEY, SPEC_METADATA_KEY,  # noqa: E402
                                ModelSpec, SpecError, decode_cam_weights,
                                encode_cam_weights, spec_from_metadata)
@@ -61,6 +62,12 @@ class Int8Request:
     # Re-measure reduced-scale JPEG decoding on the INT8 model (export/reduced_decode.py)
     # where the fp32 spec carries such a measurement: the ratio is this graph's own.
     measure_reduced_decode: bool = True
+    # Measure each quantised node's share of the error and keep the fewest fp32 that meet
+    # the limits on the calibration images (export/sensitivity.py), each limit scaled by
+    # `selection_margin` so the held-out images have room to differ.
+    mixed_precision: bool = False
+    selection_margin: float = 0.8
+    sensitivity_images: int = 32
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,6 @@ class Int8Result:
     fidelity: fidelity.Fidelity
     failures: tuple[str, ...]
     onnx_sha256: str
-
-
-def int8_path(fp32_model: Path) -> Path:
-    """Where the INT8 model goes by default: beside the fp32 one."""
-    return fp32_model.with_name(f"{fp32_model.stem}.int8.onnx")
 
 
 def export_int8(request: Int8Request) -> Int8Result:
@@ -91,9 +93,12 @@ def export_int8(request: Int8Request) -> Int8Result:
                                     dir=output.parent)
     os.close(handle)
     partial = Path(name)
+    options, selection = request.options, None
     try:
         quantize_model(request.fp32_model, partial, ImageReader(split.calibration, spec),
-                       request.options, spec.features_name, request.calibration_cache)
+                       options, spec.features_name, request.calibration_cache)
+        if request.mixed_precision:
+            selection = _keep_sensitive_nodes_fp32(request, partial, split.calibration, spec)
         if request.bias_correction:
             props = _correct_logit_bias(request.fp32_model, partial, split.calibration,
                                         spec, props, request.threads)
@@ -107,12 +112,14 @@ def export_int8(request: Int8Request) -> Int8Result:
                 f"INT8 model refused, fidelity vs fp32 on {measured.images} held-out images "
                 f"misses its limits: {'; '.join(failures)} (widen --max-auc-change, "
                 "--max-p99-delta, --max-flip-rate, or pass --accept-low-fidelity)")
-        record = {**request.options.as_dict(), "precision": "int8",
+        record = {**options.as_dict(), "precision": "int8",
                   "bias_correction": "logit" if request.bias_correction else "none",
                   "calibration_source": split.source, "fidelity": measured.as_dict(),
                   "limits": dataclasses.asdict(request.limits), "limits_met": not failures,
                   "fp32_model": {"name": request.fp32_model.name,
                                  "sha256": sha256_of(request.fp32_model)}}
+        if selection is not None:
+            record["sensitivity"] = selection.as_dict()
         spec = dataclasses.replace(spec, quantization=record, **_reduced_decode(request,
                                                                          partial, spec))
         embed_metadata(partial, {**props, SPEC_METADATA_KEY: spec.to_json()})
@@ -128,6 +135,29 @@ def export_int8(request: Int8Request) -> Int8Result:
         {"model": output.name, "onnx_sha256": digest, "spec": spec.as_dict()},
         indent=2, sort_keys=True) + "\n")
     return Int8Result(output, spec, measured, failures, digest)
+
+
+def _keep_sensitive_nodes_fp32(request: Int8Request, qdq: Path,
+                               calibration: tuple[SourceImage, ...],
+                               spec: ModelSpec) -> sensitivity.Selection:
+    """Find the nodes that carry the error on the calibration images and rewrite `qdq` as
+    the fp32 graph with every other node's QDQ grafted on: the graph measured is the one
+    shipped. (ORT's own node exclusion would still round a kept node's inputs wherever
+    their producer is quantised.)"""
+    inputs = np.concatenate([model_input(image, spec) for image in calibration])
+    margin = request.selection_margin
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        prepare(request.fp32_model, prepared)
+        selection = sensitivity.select(prepared, qdq, inputs, spec,
+                                       request.limits.max_p99_abs_delta * margin,
+                                       request.limits.max_flip_rate * margin,
+                                       request.sensitivity_images, request.threads)
+        fp32, full = onnx.load(str(prepared)), onnx.load(str(qdq))
+        kept = set(selection.fp32_nodes)
+        onnx.save(sensitivity.graft(fp32, full, [
+            n.name for n in sensitivity.quantised_nodes(full) if n.name not in kept]), str(qdq))
+    return selection
 
 
 def _reduced_decode(request: Int8Request, int8_model: Path, spec: ModelSpec) -> dict[str, Any]:
@@ -196,6 +226,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        default=True,
                        help="shift the fp32 classifier's bias by the mean logit error of the "
                             "INT8 graph on the calibration images (needs the classifier fp32)")
+    group.add_argument("--mixed-precision", action="store_true",
+                       help="measure each quantised node's share of the error on the "
+                            "calibration images and keep the fewest fp32 that meet the limits")
+    group.add_argument("--selection-margin", type=float, default=Int8Request.selection_margin,
+                       help="with --mixed-precision: meet this share of each limit on the "
+                            "calibration images")
+    group.add_argument("--sensitivity-images", type=int,
+                       default=Int8Request.sensitivity_images,
+                       help="with --mixed-precision: calibration images each node is ranked on")
     group.add_argument("--max-auc-change", type=float, default=0.002,
                        help="largest |AUC change| vs fp32 accepted (labelled images only)")
     group.add_argument("--max-p99-delta", type=float, default=0.02,
@@ -221,7 +260,10 @@ def request_from_args(fp32_model: Path, args: argparse.Namespace,
                                      args.max_flip_rate)
     return Int8Request(fp32_model, args.calibration_images, output, options,
                        args.held_out_images, args.fidelity_tta, limits,
-                       not args.accept_low_fidelity, args.bias_correction, args.int8_threads)
+                       not args.accept_low_fidelity, args.bias_correction, args.int8_threads,
+                       mixed_precision=args.mixed_precision,
+                       selection_margin=args.selection_margin,
+                       sensitivity_images=args.sensitivity_images)
 
 
 def report(result: Int8Result) -> str:
@@ -231,10 +273,22 @@ def report(result: Int8Result) -> str:
              f"max |Δp| {f.max_abs_delta:.4f}, p99 |Δp| {f.p99_abs_delta:.4f}, "
              f"flips {f.flips} ({f.flip_rate:.2%}), heatmap r mean {f.heatmap_correlation_mean:.3f}"
              f" p5 {f.heatmap_correlation_p5:.3f}"]
+    if f.flips and f.flip_logit_distance_max is not None:
+        band = "0.25"
+        lines.append(f"flipped decisions lay within {f.flip_logit_distance_max:.3f} log-odds of "
+                     f"the threshold (median {f.flip_logit_distance_median:.3f}); "
+                     f"{f.flips_within.get(band, 0)} of {f.images_within.get(band, 0)} images "
+                     f"within {band} of it flipped")
     if f.auc_change is not None and f.auc_change_ci95 is not None:
         lines.append(f"AUC fp32 {f.auc_fp32:.4f} -> int8 {f.auc_int8:.4f} "
                      f"(change {f.auc_change:+.4f}, 95% CI {f.auc_change_ci95[0]:+.4f} to "
                      f"{f.auc_change_ci95[1]:+.4f}, {f.positives} positives)")
+    chosen = result.spec.quantization.get("sensitivity") if result.spec else None
+    if chosen:
+        lines.append(f"kept fp32 by measured sensitivity: {chosen['kept_fp32']} of "
+                     f"{chosen['quantised_nodes']} quantised nodes "
+                     f"({', '.join(chosen['fp32_nodes'][:8])}"
+                     f"{', ...' if chosen['kept_fp32'] > 8 else ''})")
     if result.failures:
         lines.append("ACCEPTED BELOW LIMITS: " + "; ".join(result.failures))
     return "\n".join(lines)

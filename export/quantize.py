@@ -75,10 +75,8 @@ def quantize_model(fp32_path: Path, int8_path: Path, reader: CalibrationDataRead
     if options.method == "percentile":
         extra["CalibPercentile"] = options.percentile
     with tempfile.TemporaryDirectory() as scratch:
-        # Fold the exporter's Identity-wrapped biases and constants first: without it ORT
-        # cannot fuse those convolutions into integer kernels.
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        prepare(fp32_path, prepared)
         excluded = nodes_kept_fp32(onnx.load(str(prepared)), options.keep_fp32, features_name)
         try:
             quantize_static(
@@ -90,6 +88,13 @@ def quantize_model(fp32_path: Path, int8_path: Path, reader: CalibrationDataRead
                 extra_options=extra, calibration_cache_path=calibration_cache)
         except (ValueError, RuntimeError) as error:
             raise ExportError(f"INT8 quantisation failed: {error}") from None
+
+
+def prepare(fp32_path: Path, destination: Path) -> None:
+    """The fp32 graph as the quantiser sees it (its node names are the QDQ graph's)."""
+    # Folds the exporter's Identity-wrapped biases and constants: without it ORT cannot
+    # fuse those convolutions into integer kernels.
+    quant_pre_process(str(fp32_path), str(destination), skip_symbolic_shape=True)
 
 
 def nodes_kept_fp32(model: onnx.ModelProto, keep: tuple[str, ...],

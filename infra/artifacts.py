@@ -117,6 +117,25 @@ def model_artifact(model_path: Path, stack_name: str) -> Artifact:
     return Artifact(path=model_path, key=f"{stack_name}/models/{digest}.onnx", sha256=digest)
 
 
+def int8_artifact(model_path: Path, stack_name: str) -> Artifact | None:
+    """The INT8 model beside `model_path`, shipped with it where the export wrote one; the
+    host serves it only where it is gated and faster there (inference/precision.py)."""
+    from inference.precision import int8_path  # the name the server looks for
+
+    path = int8_path(model_path)
+    if not path.is_file():
+        return None
+    digest = sha256_file(path)
+    return Artifact(path=path, key=f"{stack_name}/models/{digest}.int8.onnx", sha256=digest)
+
+
+def model_parameters(model: Artifact, int8: Artifact | None) -> dict[str, str]:
+    """The stack parameters naming the model files (empty INT8 ones: fp32 only)."""
+    return {"ModelKey": model.key, "ModelSha256": model.sha256,
+            "Int8ModelKey": int8.key if int8 else "",
+            "Int8ModelSha256": int8.sha256 if int8 else ""}
+
+
 def ensure_bucket(s3: Any, bucket: str, region: str, owner: str) -> None:
     """Create the private, encrypted, versioned, TLS-only artifact bucket unless it exists.
 

@@ -185,9 +185,19 @@ def _apply(
     return stack.execute(cfn, args.stack_name, change_set, args.poll_seconds, timeout)
 
 
-def cmd_deploy(args: argparse.Namespace, session: Any) -> int:
+def _models(args: argparse.Namespace) -> tuple[artifacts.Artifact, artifacts.Artifact | None]:
+    """The fp32 model and the INT8 model beside it (if any), each checked as the host loads it."""
     model = artifacts.model_artifact(args.model, args.stack_name)
     print(f"model {args.model.name}: {model_check.validate_model(args.model)} loads and warms up")
+    int8 = artifacts.int8_artifact(args.model, args.stack_name)
+    if int8 is not None:
+        print(f"INT8 model {int8.path.name}: {model_check.validate_model(int8.path)} loads and "
+              "warms up; the host serves it where it is gated and faster")
+    return model, int8
+
+
+def cmd_deploy(args: argparse.Namespace, session: Any) -> int:
+    model, int8 = _models(args)
     s3, cfn = session.client("s3"), session.client("cloudformation")
     account, region = _account(session), session.region_name
     bucket = _bucket_name(args, account, region)
@@ -223,11 +233,11 @@ def cmd_deploy(args: argparse.Namespace, session: Any) -> int:
             raise DeployError(f"{wheels} has no {machine} wheels")
         bundle = artifacts.build_bundle(args.source_dir, Path(tmp), args.stack_name, wheels)
         artifacts.ensure_bucket(s3, bucket, region, account)
-        for artifact in (bundle, model):
+        for artifact in (bundle, model, *([int8] if int8 else [])):
             uploaded = artifacts.upload(s3, bucket, artifact, account)
             print(f"s3://{bucket}/{artifact.key}: {'uploaded' if uploaded else 'already in place'}")
     params.update(
-        ArtifactBucket=bucket, AppKey=bundle.key, ModelKey=model.key, ModelSha256=model.sha256
+        ArtifactBucket=bucket, AppKey=bundle.key, **artifacts.model_parameters(model, int8)
     )
     body = stack.TEMPLATES[args.template].read_text(encoding="utf-8")
     result = _apply(args, cfn, body, params, previous)
@@ -306,13 +316,13 @@ def cmd_update_model(args: argparse.Namespace, session: Any) -> int:
     if found is None:
         raise DeployError(f"stack {args.stack_name} does not exist; run deploy first")
     previous = stack.parameters(found)
-    model = artifacts.model_artifact(args.model, args.stack_name)
-    print(f"model {args.model.name}: {model_check.validate_model(args.model)} loads and warms up")
+    model, int8 = _models(args)
     if not model_fits(args, previous.get("InstanceType", "t3.micro")):
         return EXIT_STOPPED
     account, bucket = _account(session), previous["ArtifactBucket"]
-    artifacts.upload(s3, bucket, model, account)
-    params = {"ModelKey": model.key, "ModelSha256": model.sha256}
+    for artifact in (model, *([int8] if int8 else [])):
+        artifacts.upload(s3, bucket, artifact, account)
+    params = artifacts.model_parameters(model, int8)
     result = _apply(args, cfn, None, params, previous)
     if result is None:
         return EXIT_STOPPED

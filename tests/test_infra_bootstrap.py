@@ -155,12 +155,14 @@ def _bundle(path: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def _deploy_env(stub: Path, model_sha: str) -> str:
+def _deploy_env(stub: Path, model_sha: str, int8_sha: str = "") -> str:
     env = stub / f"deploy-{model_sha[:8]}.env"
     env.write_text(
         "STACK_NAME=mel\nARTIFACT_BUCKET=artifacts\n"
         f"BUCKET_OWNER={OWNER}\nAPP_KEY=mel/app/x.tar.gz\n"
         f"MODEL_KEY=mel/models/{model_sha}.onnx\nMODEL_SHA256={model_sha}\n"
+        f"INT8_MODEL_KEY={f'mel/models/{int8_sha}.int8.onnx' if int8_sha else ''}\n"
+        f"INT8_MODEL_SHA256={int8_sha}\n"
         "SECRET_ID=arn:aws:secretsmanager:eu-west-1:111122223333:secret:app\n"
         "APP_LOG_GROUP=/melanoma/mel/app\nACCESS_LOG_GROUP=/melanoma/mel/nginx-access\n"
         "SWAP_MIB=64\nFRONT=cloudfront\nAWS_REGION=eu-west-1\nREADY_TRIES=3\n",
@@ -169,15 +171,16 @@ def _deploy_env(stub: Path, model_sha: str) -> str:
     return f"/stub/{env.name}"
 
 
-def _model(stub: Path, payload: bytes) -> str:
+def _model(stub: Path, payload: bytes, suffix: str = ".onnx") -> str:
     sha = hashlib.sha256(payload).hexdigest()
-    target = stub / "s3" / "mel" / "models" / f"{sha}.onnx"
+    target = stub / "s3" / "mel" / "models" / f"{sha}{suffix}"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(payload)
     return sha
 
 
-def _dry_run(tmp_path: Path, models: list[bytes], bad: set[int] = frozenset()) -> Run:  # type: ignore[assignment]
+def _dry_run(tmp_path: Path, models: list[bytes], bad: set[int] = frozenset(),  # type: ignore[assignment]
+             int8: dict[int, bytes] | None = None) -> Run:
     stub = tmp_path / "stub"
     (stub / "bin").mkdir(parents=True)
     for name, body in {**_STUBS, "amazon-cloudwatch-agent-ctl": ""}.items():
@@ -186,11 +189,12 @@ def _dry_run(tmp_path: Path, models: list[bytes], bad: set[int] = frozenset()) -
         script.chmod(0o755)
     _bundle(stub / "app.tar.gz")
     shas = [_model(stub, payload) for payload in models]
+    int8_shas = {i: _model(stub, payload, ".int8.onnx") for i, payload in (int8 or {}).items()}
     (stub / "bad-models").write_text("".join(f"{shas[i]}\n" for i in bad), encoding="utf-8")
     runs = "".join(
         f"bash /stub/infra/host/bootstrap.sh --bundle /stub/app.tar.gz "
-        f"--deploy-env {_deploy_env(stub, sha)} || exit $?\n"
-        for sha in shas
+        f"--deploy-env {_deploy_env(stub, sha, int8_shas.get(i, ''))} || exit $?\n"
+        for i, sha in enumerate(shas)
     )
     (stub / "run.sh").write_text(
         "set -euo pipefail\ncd /stub && tar -xzf app.tar.gz infra/host\n" + runs, encoding="utf-8"
@@ -307,3 +311,26 @@ def test_a_good_update_replaces_the_model_and_keeps_the_previous_one(tmp_path: P
     assert sorted(p.name for p in models.glob("*.onnx") if not p.is_symlink()) == sorted(
         [f"{old}.onnx", f"{new}.onnx"]
     )
+
+
+def test_the_int8_model_lies_beside_the_served_one_and_leaves_with_it(tmp_path: Path) -> None:
+    run = _dry_run(tmp_path, [b"model-v1", b"model-v2", b"model-v3"], int8={0: b"int8-v1"})
+    assert run.returncode == 0, run.output
+    first, third = (hashlib.sha256(p).hexdigest() for p in (b"model-v1", b"model-v3"))
+    int8_sha = hashlib.sha256(b"int8-v1").hexdigest()
+    assert [c for c in run.called("aws") if f"mel/models/{int8_sha}.int8.onnx" in c]
+    models = run.root / "opt" / "melanoma" / "models"
+    # v3 ships no INT8 model: nothing is left for the server to find beside it, and v1's
+    # INT8 file went with v1 when v1 was pruned.
+    assert os.readlink(models / "current.onnx").endswith(f"{third}.onnx")
+    assert not (models / "current.int8.onnx").exists()
+    assert not (models / f"{first}.int8.onnx").exists()
+
+
+def test_a_shipped_int8_model_is_linked_as_the_server_expects(tmp_path: Path) -> None:
+    run = _dry_run(tmp_path, [b"model-v1"], int8={0: b"int8-v1"})
+    assert run.returncode == 0, run.output
+    sha = hashlib.sha256(b"model-v1").hexdigest()
+    models = run.root / "opt" / "melanoma" / "models"
+    assert os.readlink(models / "current.int8.onnx").endswith(f"{sha}.int8.onnx")
+    assert (models / f"{sha}.int8.onnx").read_bytes() == b"int8-v1"

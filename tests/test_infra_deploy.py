@@ -112,6 +112,31 @@ def _deploy(source_dir: Path, model: Path, *extra: str, stack: str = "mel") -> i
     )
 
 
+def test_deploy_ships_the_int8_model_beside_the_fp32_one(
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
+    model = _model(tmp_path)
+    int8 = model.with_name(f"{model.stem}.int8.onnx")
+    int8.write_bytes(b"int8-bytes")
+    assert _deploy(source_dir, model) == 0
+
+    params = _params("mel")
+    assert params["Int8ModelSha256"] == hashlib.sha256(b"int8-bytes").hexdigest()
+    assert params["Int8ModelKey"].startswith("mel/models/")
+    assert params["Int8ModelKey"].endswith(".int8.onnx")
+    s3 = boto3.client("s3", region_name=REGION)
+    shipped = s3.get_object(Bucket=params["ArtifactBucket"], Key=params["Int8ModelKey"])
+    assert shipped["Body"].read() == b"int8-bytes"
+
+
+def test_deploy_without_an_int8_model_ships_fp32_only(
+    aws: None, source_dir: Path, tmp_path: Path
+) -> None:
+    assert _deploy(source_dir, _model(tmp_path)) == 0
+    params = _params("mel")
+    assert params["Int8ModelKey"] == "" and params["Int8ModelSha256"] == ""
+
+
 def test_deploy_creates_stack_with_model_hash_and_uploads_both_artifacts(
     aws: None, source_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 from bench.lesion_images import write_isic_folder  # noqa: E402
 from export import fidelity, int8, reduced_decode, to_onnx  # noqa: E402
-from export.calibration import split_images  # noqa: E402
+from export.calibration import SourceImage, split_images  # noqa: E402
 from export.fidelity import FidelityLimits  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.quantize import QuantizeOptions, nodes_kept_fp32  # noqa: E402
@@ -219,3 +219,28 @@ def test_int8_measures_reduced_decoding_again_where_the_fp32_spec_did(
     assert read_spec_file(result.output) == result.spec
     assert result.onnx_sha256 == json.loads(result.output.with_name(
         result.output.name + ".provenance.json").read_text())["onnx_sha256"]
+
+
+def test_flips_are_reported_with_their_distance_to_the_threshold() -> None:
+    threshold = 0.5
+    reference = np.array([0.49, 0.52, 0.9, 0.1, 0.2])
+    candidate = np.array([0.51, 0.52, 0.3, 0.1, 0.2])  # one hair's-breadth flip, one far
+    flat = np.zeros((5, 2, 2))
+    images = [SourceImage(f"i{n}", Path(f"i{n}.jpg")) for n in range(5)]
+    measured = fidelity.compare(fidelity.Answers(reference, flat),
+                                fidelity.Answers(candidate, flat), images, threshold, "none")
+    far = np.log(0.9 / 0.1)
+    assert measured.flips == 2
+    assert measured.flip_logit_distance_max == pytest.approx(far)
+    assert measured.flips_within["0.05"] == 1 and measured.flips_within["1.0"] == 1
+    assert measured.images_within["0.1"] == 2  # 0.49 and 0.52 lie near the threshold
+    assert int8.report(int8.Int8Result(Path("x"), None, measured, (), "")).count(  # type: ignore[arg-type]
+        f"within {far:.3f} log-odds") == 1
+
+
+def test_no_flips_report_no_distance() -> None:
+    same = fidelity.Answers(np.array([0.2, 0.8]), np.zeros((2, 2, 2)))
+    images = [SourceImage(f"i{n}", Path(f"i{n}.jpg")) for n in range(2)]
+    measured = fidelity.compare(same, same, images, 0.5, "none")
+    assert measured.flips == 0 and measured.flip_logit_distance_max is None
+    assert measured.flips_within == {str(b): 0 for b in fidelity.FLIP_BANDS}

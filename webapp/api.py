@@ -47,14 +47,16 @@ def patient() -> Response:
 
 @bp.get("/model")
 def model() -> Response:
-    spec = current_service().spec
+    service = current_service()
+    spec = service.spec
     fields = spec.as_dict()
     public = {name: fields[name] for name in PUBLIC_SPEC_FIELDS if name in fields}
-    chunks = current_service().classifier.chunks
+    chunks = service.classifier.chunks
     # How TTA views run within the memory budget; the budget and sizes stay in the log.
     memory = {"views_per_run": chunks.views_per_run, "fits_budget": chunks.fits}
     members = [{name: member[name] for name in PUBLIC_MEMBER_FIELDS} for member in spec.members]
-    return jsonify({**public, **results.precision_block(spec), "memory": memory,
+    return jsonify({**public, **results.precision_block(spec),
+                    "precision_choice": service.choice.as_dict(), "memory": memory,
                     "ensemble_size": len(members) or 1, "members": members})
 
 

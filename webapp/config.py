@@ -12,6 +12,9 @@ _CAPACITY = Capacity()
 
 DEFAULTS: dict[str, Any] = {
     "MODEL_PATH": "models/default.onnx",
+    # auto: serve the INT8 model beside MODEL_PATH where it passed its fidelity gate and
+    # runs faster on this CPU (inference/precision.py); fp32: never; int8: whenever gated.
+    "MODEL_PRECISION": "auto",
     "SECRET_KEY": None,
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": DEFAULT_MAX_IMAGE_PIXELS,

@@ -121,6 +121,10 @@ def _schemas() -> dict[str, Any]:
                  "threshold": probability, "labels": {"type": "array"},
                  "input_size": {"type": "integer"}, "name": {"type": "string"},
                  "version": {"type": "string"},
+                 "precision_choice": {"type": "object", "description": "Why this file "
+                                      "(fp32, or the INT8 model beside it) is served: the "
+                                      "reason, the CPU's 8-bit dot-product flags and, where "
+                                      "measured, both files' milliseconds per batch"},
                  "memory": {"type": "object", "description": "How many TTA views run at once "
                             "within the server's memory budget"},
                  "ensemble_size": {"type": "integer", "description": "1 for one network; N "

@@ -16,7 +16,7 @@ import numpy as np
 
 from flask import Flask, current_app
 
-from inference import memory, preprocess, tta
+from inference import memory, precision, preprocess, tta
 
 from webapp import metrics, photo, visuals
 from webapp.admission import InferenceGate
@@ -60,8 +60,12 @@ class PredictionService:
     def __init__(self, classifier: Classifier, gate: InferenceGate | None = None,
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                  stuck_after_seconds: float = 60.0,
-                 decoder: DecodeSandbox | None = None) -> None:
+                 decoder: DecodeSandbox | None = None,
+                 choice: precision.Choice | None = None) -> None:
         self.classifier = classifier
+        # Why this file (fp32 or the INT8 one beside it) is the one served.
+        self.choice = choice or precision.Choice(classifier.model_path, "the configured file",
+                                                 precision.cpu_features())
         self.gate = gate or InferenceGate()
         self._decode_limits = preprocess.DecodeLimits(max_pixels=max_image_pixels)
         self._decoder = decoder or DecodeSandbox()
@@ -181,9 +185,15 @@ def init_app(app: Flask) -> None:
     # Before the model loads: the fork server that decoders come from must not hold it.
     decoder = DecodeSandbox()
     decoder.start()
-    classifier = Classifier(Path(config["MODEL_PATH"]),
+    cache_dir = _optional_path(config["MODEL_CACHE_DIR"])
+    # One view per benchmark run: both models are loaded at once here, before the memory
+    # budget is known, and a batch of 8 large views could not fit a 750M unit beside them.
+    choice = precision.choose(Path(config["MODEL_PATH"]), str(config["MODEL_PRECISION"]),
+                              cache_dir, threads=int(config["INTRA_OP_THREADS"]), views=1)
+    app.logger.info("serving %s: %s (%s)", choice.path.name, choice.reason, choice.as_dict())
+    classifier = Classifier(choice.path,
                             intra_op_threads=int(config["INTRA_OP_THREADS"]),
-                            cache_dir=_optional_path(config["MODEL_CACHE_DIR"]),
+                            cache_dir=cache_dir,
                             memory_budget_mib=int(config["MEMORY_BUDGET_MB"]) or None)
     classifier.warm_up()
     _log_chunks(app, classifier.chunks)
@@ -192,7 +202,8 @@ def init_app(app: Flask) -> None:
                          wait_timeout=float(config["QUEUE_TIMEOUT"]))
     app.extensions[_EXTENSION] = PredictionService(
         classifier, gate, max_image_pixels=int(config["MAX_IMAGE_PIXELS"]),
-        stuck_after_seconds=float(config["STUCK_AFTER_SECONDS"]), decoder=decoder)
+        stuck_after_seconds=float(config["STUCK_AFTER_SECONDS"]), decoder=decoder,
+        choice=choice)
     metrics.describe_model(classifier.spec)
 
 

@@ -139,7 +139,27 @@ install_model() {
         chmod 0644 "$part"
         mv -f -- "$part" "$target"
     fi
+    install_int8_model "$models"
     switch_model "$MODEL_SHA256"
+}
+
+# The INT8 model exported beside the fp32 one, as <fp32 sha>.int8.onnx, where the server
+# looks for it (inference/precision.py); it serves it only where gated and faster here.
+install_int8_model() {
+    local models=$1 target part
+    [[ -n "${INT8_MODEL_SHA256:-}" ]] || return 0
+    target="$models/$MODEL_SHA256.int8.onnx"
+    if ! bash "$PREFIX/app/infra/host/verify-model.sh" "$target" "$INT8_MODEL_SHA256" >/dev/null 2>&1; then
+        log "fetching INT8 model s3://$ARTIFACT_BUCKET/$INT8_MODEL_KEY"
+        part="$target.part"
+        rm -f -- "$part"
+        aws s3api get-object --region "$AWS_REGION" "${S3_OWNER[@]}" \
+            --bucket "$ARTIFACT_BUCKET" --key "$INT8_MODEL_KEY" "$part" >/dev/null
+        bash "$PREFIX/app/infra/host/verify-model.sh" "$part" "$INT8_MODEL_SHA256" \
+            || { rm -f -- "$part"; die "downloaded INT8 model does not match INT8_MODEL_SHA256"; }
+        chmod 0644 "$part"
+        mv -f -- "$part" "$target"
+    fi
 }
 
 # The sha256 of the model being served now, or nothing on a first boot.
@@ -152,6 +172,12 @@ served_model() {
 
 switch_model() {
     local models=$PREFIX/models
+    if [[ -f "$models/$1.int8.onnx" ]]; then
+        ln -sfn "$models/$1.int8.onnx" "$models/current.int8.next"
+        mv -T "$models/current.int8.next" "$models/current.int8.onnx"
+    else
+        rm -f -- "$models/current.int8.onnx"
+    fi
     ln -sfn "$models/$1.onnx" "$models/current.next"
     mv -T "$models/current.next" "$models/current.onnx"
 }
@@ -159,8 +185,12 @@ switch_model() {
 # Only once the new model serves: the previous one stays for the next rollback.
 prune_models() {
     local models=$PREFIX/models keep=$1
-    find "$models" -maxdepth 1 -name '*.onnx' -type f ! -name "$keep.onnx" -printf '%T@ %p\n' \
+    find "$models" -maxdepth 1 -name '*.onnx' ! -name '*.int8.onnx' -type f ! -name "$keep.onnx" -printf '%T@ %p\n' \
         | sort -rn | tail -n +2 | cut -d' ' -f2- | while read -r old; do rm -f -- "$old"; done
+    # An INT8 model goes with its fp32 one.
+    find "$models" -maxdepth 1 -name '*.int8.onnx' -type f | while read -r int8; do
+        [[ -f "${int8%.int8.onnx}.onnx" ]] || rm -f -- "$int8"
+    done
 }
 
 render_configs() {
