@@ -73,6 +73,8 @@ def test_model_endpoint_returns_the_public_part_of_the_embedded_spec(
     assert body.pop("memory") == {"views_per_run": 8, "fits_budget": True}
     # One network: an ensemble of one, no members (tests/test_ensemble.py has the other kind).
     assert (body.pop("ensemble_size"), body.pop("members")) == (1, [])
+    # Chosen at start (inference/precision.py): no INT8 file lies beside the tiny model.
+    assert "no INT8 model beside it" in body.pop("precision_choice")["reason"]
     assert body == {name: spec[name] for name in body}
     assert body["input_size"] == 64 and body["trained"] is True
     assert body["origin"] == "user_model"
