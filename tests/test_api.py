@@ -71,6 +71,8 @@ def test_model_endpoint_returns_the_public_part_of_the_embedded_spec(
     assert body.pop("precision") == "fp32"
     # Derived at start from the memory budget (inference/memory.py), not from the spec.
     assert body.pop("memory") == {"views_per_run": 8, "fits_budget": True}
+    # Decided at start (inference/precision.py): no INT8 model lies beside this one.
+    assert "no INT8 model beside it" in body.pop("precision_choice")["reason"]
     assert body == {name: spec[name] for name in body}
     assert body["input_size"] == 64 and body["trained"] is True
     assert body["origin"] == "user_model"
