@@ -152,12 +152,18 @@ def _keep_sensitive_nodes_fp32(request: Int8Request, qdq: Path,
         selection = sensitivity.select(prepared, qdq, inputs, spec,
                                        request.limits.max_p99_abs_delta * margin,
                                        request.limits.max_flip_rate * margin,
-                                       request.sensitivity_images, request.threads)
+                                       request.sensitivity_images, request.threads,
+                                       _progress)
         fp32, full = onnx.load(str(prepared)), onnx.load(str(qdq))
         kept = set(selection.fp32_nodes)
         onnx.save(sensitivity.graft(fp32, full, [
             n.name for n in sensitivity.quantised_nodes(full) if n.name not in kept]), str(qdq))
     return selection
+
+
+def _progress(done: int, total: int) -> None:
+    if done % 50 == 0 or done == total:
+        print(f"sensitivity: {done}/{total} nodes measured", file=sys.stderr, flush=True)
 
 
 def _reduced_decode(request: Int8Request, int8_model: Path, spec: ModelSpec) -> dict[str, Any]:

@@ -124,8 +124,8 @@ def choose(model_path: Path, wanted: str = "auto", cache_dir: Path | None = None
     if not candidate.is_file() or not model_path.is_file():
         if wanted == "int8":
             raise ModelLoadError(f"MODEL_PRECISION=int8 but there is no {candidate}")
-        return Choice(model_path, f"the configured file; no INT8 model beside it "
-                      f"({candidate.name})", cpu)
+        # No file name: /api/v1/model shows the reason, and names no files (the log does).
+        return Choice(model_path, "the configured file; no INT8 model beside it", cpu)
     spec = _spec(candidate)
     record = spec.quantization
     if not record:
