@@ -14,6 +14,7 @@ import numpy as np
 
 from evaluation.metrics import roc_auc
 from export.calibration import SourceImage, model_input
+from export.errors import ExportError
 from inference import tta
 from inference.classifier import Classifier
 from inference.model_spec import melanoma_probabilities, read_spec_file
@@ -105,6 +106,12 @@ def answer(model: Classifier, images: Sequence[SourceImage], policy: str = "none
 def compare(reference: Answers, candidate: Answers, images: Sequence[SourceImage],
             threshold: float, policy: str, resamples: int = 1000) -> Fidelity:
     """Fidelity of `candidate` (INT8) against `reference` (fp32) on the same images."""
+    if candidate.heatmaps.shape[1:] != reference.heatmaps.shape[1:]:
+        size = "x".join(map(str, candidate.heatmaps.shape[1:]))
+        expected = "x".join(map(str, reference.heatmaps.shape[1:]))
+        raise ExportError(f"the INT8 graph's feature map is {size} where the fp32 graph's is "
+                          f"{expected}: the quantiser changed the network's padding; "
+                          "export this model in fp32")
     delta = np.abs(candidate.probabilities - reference.probabilities)
     flipped = ((candidate.probabilities >= threshold)
                != (reference.probabilities >= threshold))

@@ -244,3 +244,13 @@ def test_no_flips_report_no_distance() -> None:
     measured = fidelity.compare(same, same, images, 0.5, "none")
     assert measured.flips == 0 and measured.flip_logit_distance_max is None
     assert measured.flips_within == {str(b): 0 for b in fidelity.FLIP_BANDS}
+
+
+def test_an_int8_graph_whose_feature_map_changed_shape_is_refused_in_one_line() -> None:
+    # Seen on a tf_efficientnet_b3 at 384 px: the quantised graph's map was 11x11, not 12x12.
+    images = [SourceImage(f"i{n}", Path(f"i{n}.jpg")) for n in range(2)]
+    fp32 = fidelity.Answers(np.array([0.2, 0.8]), np.zeros((2, 12, 12)))
+    quantised = fidelity.Answers(np.array([0.2, 0.8]), np.zeros((2, 11, 11)))
+    with pytest.raises(ExportError, match=r"^the INT8 graph's feature map is 11x11 where the "
+                                          r"fp32 graph's is 12x12"):
+        fidelity.compare(fp32, quantised, images, 0.5, "none")
