@@ -86,7 +86,7 @@ class ContainerServer(LiveServer):
         """Every process in the container, with its user inside and on the host."""
         lines = podman("top", self.name, "pid", "user", "huser", "comm").stdout.splitlines()
         keys = [key.lower() for key in lines[0].split()]
-        return [dict(zip(keys, line.split(None, len(keys) - 1))) for line in lines[1:]]
+        return [dict(zip(keys, line.split(None, len(keys) - 1), strict=True)) for line in lines[1:]]
 
     def diff(self) -> list[str]:
         """What the container changed in its image's filesystem (`podman diff`)."""
@@ -114,6 +114,10 @@ def run_container(directory: Path, image: str = IMAGE, env: Mapping[str, str] | 
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)})
     server = ContainerServer(process, port, log_path, settings, name=name)
-    server.cleanups.append(lambda: podman("rm", "--force", "--time", "5", name, check=False))
+    server.cleanups.append(lambda: _remove(name))
     wait_until_ready(server, timeout)
     return server
+
+
+def _remove(name: str) -> None:
+    podman("rm", "--force", "--time", "5", name, check=False)
