@@ -92,6 +92,12 @@ class ContainerServer(LiveServer):
         """What the container changed in its image's filesystem (`podman diff`)."""
         return podman("diff", self.name).stdout.splitlines()
 
+    def peak_memory_mib(self) -> float:
+        """The most memory the container's cgroup has used (v1, else v2's memory.peak)."""
+        read = ("cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes 2>/dev/null"
+                " || cat /sys/fs/cgroup/memory.peak")
+        return int(podman("exec", self.name, "sh", "-c", read).stdout) / (1 << 20)
+
     def state(self) -> dict[str, Any]:
         return dict(inspect(self.name, "container")["State"])
 
@@ -115,7 +121,11 @@ def run_container(directory: Path, image: str = IMAGE, env: Mapping[str, str] | 
                                    env={**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)})
     server = ContainerServer(process, port, log_path, settings, name=name)
     server.cleanups.append(lambda: _remove(name))
-    wait_until_ready(server, timeout)
+    try:
+        wait_until_ready(server, timeout)
+    except AssertionError:
+        server.stop()  # an exited container too: it would be left behind
+        raise
     return server
 
 

@@ -105,6 +105,7 @@ def test_container_overload_gets_quick_503s_and_recovers(server: ContainerServer
     outcomes = hammer(lambda: server.post_api([Upload("x.jpg", PHOTO)], timeout=30),
                       clients=24, seconds=8)
     report = summary(outcomes, 8)
+    report["peak_memory_mib"] = round(server.peak_memory_mib(), 1)
     save_report("container-overload", report)
     statuses = {o.status for o in outcomes}
     busy = [o for o in outcomes if o.status == 503]
