@@ -77,19 +77,22 @@ def cgroup_limit_bytes(proc_cgroup: Path = Path("/proc/self/cgroup"),
         return None
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        relative = path.lstrip("/")
         if controllers == "":
-            candidate = root / relative / "memory.max"
+            mount, name = root, "memory.max"
         elif "memory" in controllers.split(","):
-            candidate = root / "memory" / relative / "memory.limit_in_bytes"
+            mount, name = root / "memory", "memory.limit_in_bytes"
         else:
             continue
-        try:
-            text = candidate.read_text().strip()
-        except OSError:
-            continue
-        if text != "max" and int(text) < _UNLIMITED:
-            return int(text)
+        # A container that shares the host's cgroup namespace (podman and docker on cgroup
+        # v1) sees the host's path here, but has its own group mounted at the root.
+        for candidate in (mount / path.lstrip("/") / name, mount / name):
+            try:
+                text = candidate.read_text().strip()
+            except OSError:
+                continue
+            if text != "max" and int(text) < _UNLIMITED:
+                return int(text)
+            break
     return None
 
 

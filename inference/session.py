@@ -28,9 +28,7 @@ _ERROR_ONLY = 3  # ORT log severity: hide the "hardware-specific model" warning 
 def open_session(path: Path, intra_op_threads: int = 1,
                  cache_dir: Path | None = None) -> ort.InferenceSession:
     """A CPU session for `path`, from the optimised-graph cache when one is usable."""
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path} (build the default with "
-                             "`make model`, or export yours with export/to_onnx.py)")
+    _check_readable(path)
     _return_large_frees_to_os()
     if cache_dir is None:
         return _build(path, intra_op_threads)
@@ -42,6 +40,20 @@ def open_session(path: Path, intra_op_threads: int = 1,
             log.warning("ignoring unreadable optimised-graph cache %s: %s", cached, error)
             cached.unlink(missing_ok=True)
     return _build_and_cache(path, intra_op_threads, cached)
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file not found: {path} (build the default with "
+                             "`make model`, or export yours with export/to_onnx.py)") from None
+    except OSError as error:
+        # A mounted folder or file only its owner may read (the container runs as its own
+        # user): say so rather than fail deep inside the first stat.
+        raise ModelLoadError(f"cannot read the model file {path}: {error.strerror} "
+                             f"(this server runs as uid {os.getuid()})") from None
 
 
 def cache_key(path: Path) -> str:

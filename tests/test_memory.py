@@ -37,6 +37,11 @@ def test_a_model_too_large_for_the_budget_still_runs_one_view_and_says_so() -> N
     ("4:memory:/melanoma\n0::/\n",
      {"memory/melanoma/memory.limit_in_bytes": "786432000\n"}, 786432000),
     ("4:memory:/\n", {"memory/memory.limit_in_bytes": "9223372036854771712\n"}, None),
+    # In a container sharing the host's cgroup namespace (podman and docker on cgroup v1):
+    # /proc names the host's path, but the container's own group is mounted at the root.
+    ("4:memory:/libpod_parent/libpod-0123\n",
+     {"memory/memory.limit_in_bytes": "1073741824\n"}, 1073741824),
+    ("0::/machine.slice/libpod-0123.scope\n", {"memory.max": "1073741824\n"}, 1073741824),
 ])
 def test_cgroup_limit_is_read_from_v1_and_v2(tmp_path: Path, lines: str,
                                              files: dict[str, str],
