@@ -124,42 +124,38 @@ install_venv() {
 }
 
 install_model() {
-    local models target part
+    local models target
     models="$PREFIX/models"
     target="$models/$MODEL_SHA256.onnx"
     install -d -m 0755 "$models"
-    if ! bash "$PREFIX/app/infra/host/verify-model.sh" "$target" "$MODEL_SHA256" >/dev/null 2>&1; then
-        log "fetching model s3://$ARTIFACT_BUCKET/$MODEL_KEY"
-        part="$target.part"
-        rm -f -- "$part"
-        aws s3api get-object --region "$AWS_REGION" "${S3_OWNER[@]}" \
-            --bucket "$ARTIFACT_BUCKET" --key "$MODEL_KEY" "$part" >/dev/null
-        bash "$PREFIX/app/infra/host/verify-model.sh" "$part" "$MODEL_SHA256" \
-            || { rm -f -- "$part"; die "downloaded model does not match MODEL_SHA256"; }
-        chmod 0644 "$part"
-        mv -f -- "$part" "$target"
-    fi
+    fetch_verified "$MODEL_KEY" "$MODEL_SHA256" "$target" "model"
     install_int8_model "$models"
     switch_model "$MODEL_SHA256"
+}
+
+# fetch_verified KEY SHA256 TARGET WHAT: TARGET holds the object KEY with that hash, fetched
+# only when it does not already; a download that does not match is removed, never used.
+fetch_verified() {
+    local key=$1 sha=$2 target=$3 what=$4 part
+    bash "$PREFIX/app/infra/host/verify-model.sh" "$target" "$sha" >/dev/null 2>&1 && return 0
+    log "fetching $what s3://$ARTIFACT_BUCKET/$key"
+    part="$target.part"
+    rm -f -- "$part"
+    aws s3api get-object --region "$AWS_REGION" "${S3_OWNER[@]}" \
+        --bucket "$ARTIFACT_BUCKET" --key "$key" "$part" >/dev/null
+    bash "$PREFIX/app/infra/host/verify-model.sh" "$part" "$sha" \
+        || { rm -f -- "$part"; die "downloaded $what does not match its SHA-256 $sha"; }
+    chmod 0644 "$part"
+    mv -f -- "$part" "$target"
 }
 
 # The INT8 model exported beside the fp32 one, as <fp32 sha>.int8.onnx, where the server
 # looks for it (inference/precision.py); it serves it only where gated and faster here.
 install_int8_model() {
-    local models=$1 target part
+    local models=$1 target
     [[ -n "${INT8_MODEL_SHA256:-}" ]] || return 0
     target="$models/$MODEL_SHA256.int8.onnx"
-    if ! bash "$PREFIX/app/infra/host/verify-model.sh" "$target" "$INT8_MODEL_SHA256" >/dev/null 2>&1; then
-        log "fetching INT8 model s3://$ARTIFACT_BUCKET/$INT8_MODEL_KEY"
-        part="$target.part"
-        rm -f -- "$part"
-        aws s3api get-object --region "$AWS_REGION" "${S3_OWNER[@]}" \
-            --bucket "$ARTIFACT_BUCKET" --key "$INT8_MODEL_KEY" "$part" >/dev/null
-        bash "$PREFIX/app/infra/host/verify-model.sh" "$part" "$INT8_MODEL_SHA256" \
-            || { rm -f -- "$part"; die "downloaded INT8 model does not match INT8_MODEL_SHA256"; }
-        chmod 0644 "$part"
-        mv -f -- "$part" "$target"
-    fi
+    fetch_verified "$INT8_MODEL_KEY" "$INT8_MODEL_SHA256" "$target" "INT8 model"
 }
 
 # The sha256 of the model being served now, or nothing on a first boot.
