@@ -121,7 +121,12 @@ def choose(model_path: Path, wanted: str = "auto", cache_dir: Path | None = None
     candidate = int8_path(model_path)
     if wanted == "fp32":
         return Choice(model_path, "the configured file (MODEL_PRECISION=fp32)", cpu)
-    if not candidate.is_file() or not model_path.is_file():
+    try:
+        present = candidate.is_file() and model_path.is_file()
+    except OSError:
+        # A folder this user may not read: opening the model refuses it in one line.
+        present = False
+    if not present:
         if wanted == "int8":
             raise ModelLoadError(f"MODEL_PRECISION=int8 but there is no {candidate}")
         # No file name: /api/v1/model shows the reason, and names no files (the log does).
